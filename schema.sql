@@ -1,0 +1,88 @@
+-- hookd's schema for a new database. Existing databases are upgraded by the append-only
+-- migrations in src/store/mod.rs, keyed on PRAGMA user_version. Times are unix
+-- milliseconds; ids are prefixed, time-ordered text (see src/ids.rs).
+
+-- API keys. Only the SHA-256 of a token is kept; the token is shown once.
+CREATE TABLE api_keys (
+    id          TEXT PRIMARY KEY,
+    token_hash  BLOB NOT NULL UNIQUE,
+    role        TEXT NOT NULL CHECK (role IN ('admin', 'publisher', 'subscriber')),
+    tenant      TEXT,             -- subscribers only
+    created_at  INTEGER NOT NULL,
+    revoked_at  INTEGER
+);
+
+-- Subscriptions. Deleted hooks are kept (deleted_at set) so their delivery log and
+-- the ids in it stay meaningful; every query for live hooks filters them out.
+CREATE TABLE hooks (
+    id                   TEXT PRIMARY KEY,
+    tenant               TEXT NOT NULL,
+    target_url           TEXT NOT NULL,
+    events               TEXT NOT NULL,   -- JSON array of patterns
+    payload              TEXT NOT NULL CHECK (payload IN ('skinny', 'full')),
+    batch_max            INTEGER NOT NULL CHECK (batch_max BETWEEN 1 AND 1000),
+    status               TEXT NOT NULL CHECK (status IN ('pending', 'active', 'inactive')),
+    secret               TEXT NOT NULL,
+    last_seq             INTEGER NOT NULL DEFAULT 0,  -- the sequence given to its last event
+    consecutive_failures INTEGER NOT NULL DEFAULT 0,
+    created_at           INTEGER NOT NULL,
+    updated_at           INTEGER NOT NULL,
+    deleted_at           INTEGER
+);
+CREATE INDEX hooks_by_tenant ON hooks (tenant, id) WHERE deleted_at IS NULL;
+
+-- Published events, data as JSON text.
+CREATE TABLE events (
+    id          TEXT PRIMARY KEY,
+    tenant      TEXT NOT NULL,
+    type        TEXT NOT NULL,
+    resource_id TEXT,
+    data        TEXT NOT NULL,
+    created_at  INTEGER NOT NULL
+);
+CREATE INDEX events_by_tenant ON events (tenant, id);
+CREATE INDEX events_by_tenant_type ON events (tenant, type, id);
+
+-- The outbox: one row per (hook, event), numbered per hook. A request to the receiver
+-- carries one or more consecutive rows; they share batch_id, the id of the first row,
+-- which is the delivery id the API shows and the webhook-id the receiver sees. A row
+-- gets its batch_id when first sent (at insert when the hook's batch_max is 1), and
+-- keeps it on every retry, so a retry is byte-for-byte the same set of events.
+CREATE TABLE deliveries (
+    id              TEXT PRIMARY KEY,
+    hook_id         TEXT NOT NULL REFERENCES hooks (id),
+    seq             INTEGER NOT NULL,
+    event_id        TEXT NOT NULL REFERENCES events (id),
+    batch_id        TEXT,
+    status          TEXT NOT NULL
+                    CHECK (status IN ('pending', 'failed', 'delivered', 'dead', 'cancelled')),
+    attempts        INTEGER NOT NULL DEFAULT 0,  -- in the current round of the schedule
+    next_attempt_at INTEGER,
+    created_at      INTEGER NOT NULL,
+    updated_at      INTEGER NOT NULL,
+    UNIQUE (hook_id, seq)
+);
+-- The dispatcher's view: each hook's undelivered rows in sequence order.
+CREATE INDEX deliveries_open ON deliveries (hook_id, seq) WHERE status IN ('pending', 'failed');
+CREATE INDEX deliveries_by_event ON deliveries (event_id);
+CREATE INDEX deliveries_by_batch ON deliveries (batch_id);
+
+-- Every attempt, keyed by the delivery (batch) id.
+CREATE TABLE attempts (
+    id               INTEGER PRIMARY KEY,
+    delivery_id      TEXT NOT NULL,
+    at               INTEGER NOT NULL,
+    status_code      INTEGER,
+    error            TEXT,
+    duration_ms      INTEGER NOT NULL,
+    response_snippet TEXT
+);
+CREATE INDEX attempts_by_delivery ON attempts (delivery_id, id);
+
+-- Idempotency keys of publishes: the first response is returned for a repeat.
+CREATE TABLE idempotency (
+    key          TEXT PRIMARY KEY,
+    request_hash BLOB NOT NULL,
+    response     TEXT NOT NULL,
+    created_at   INTEGER NOT NULL
+);

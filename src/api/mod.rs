@@ -1,0 +1,249 @@
+//! The HTTP API (SPEC §2–§7) on tiny_http: a fixed pool of handler threads share one
+//! server. The whole route table is the one `match` in [`handle`]; each resource has its
+//! own file; every error becomes the same JSON shape in `error`. Only this module
+//! touches tiny_http; it talks to SQLite only through `store`.
+
+mod error;
+mod events;
+mod hooks;
+mod input;
+mod keys;
+
+use std::io::Cursor;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use tiny_http::{Header, Method, Request, Response, Server};
+
+pub use error::ApiError;
+
+use crate::model::{ApiKey, Role};
+use crate::store::{self, Reader, Store};
+
+/// What one handler thread works with.
+pub struct Ctx {
+    pub store: Store,
+    pub reader: Reader,
+    pub max_body: usize,
+}
+
+/// A successful answer: status and JSON body (`None` for 204).
+pub struct Reply {
+    status: u16,
+    body: Option<Value>,
+    /// A stored body to send verbatim (an idempotent repeat).
+    raw: Option<String>,
+}
+
+impl Reply {
+    pub fn json(status: u16, body: Value) -> Reply {
+        Reply {
+            status,
+            body: Some(body),
+            raw: None,
+        }
+    }
+
+    pub fn raw(status: u16, body: String) -> Reply {
+        Reply {
+            status,
+            body: None,
+            raw: Some(body),
+        }
+    }
+
+    pub fn no_content() -> Reply {
+        Reply {
+            status: 204,
+            body: None,
+            raw: None,
+        }
+    }
+}
+
+type Handled = Result<Reply, ApiError>;
+
+/// A handler thread's loop: serve until `stopping` is set.
+pub fn run_handler(server: Arc<Server>, ctx: Ctx, stopping: Arc<AtomicBool>) {
+    while !stopping.load(Ordering::SeqCst) {
+        match server.recv_timeout(Duration::from_millis(200)) {
+            Ok(Some(request)) => serve_one(&ctx, request),
+            Ok(None) => {}
+            Err(e) => {
+                log::error!("http: {e}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+fn serve_one(ctx: &Ctx, mut request: Request) {
+    let result = catch_unwind(AssertUnwindSafe(|| handle(ctx, &mut request)))
+        .unwrap_or_else(|_| {
+            log::error!("panic while serving {} {}", request.method(), request.url());
+            Err(ApiError::internal())
+        });
+    let (status, body, retry_after) = match result {
+        Ok(reply) => (
+            reply.status,
+            reply
+                .raw
+                .or_else(|| reply.body.map(|b| b.to_string())),
+            None,
+        ),
+        Err(e) => (e.status, Some(e.body()), e.retry_after),
+    };
+    let mut response = Response::new(
+        status.into(),
+        Vec::new(),
+        Cursor::new(body.clone().unwrap_or_default().into_bytes()),
+        Some(body.as_ref().map_or(0, String::len)),
+        None,
+    );
+    if body.is_some() {
+        response.add_header(header("Content-Type", "application/json"));
+    }
+    if let Some(secs) = retry_after {
+        response.add_header(header("Retry-After", &secs.to_string()));
+    }
+    if let Err(e) = request.respond(response) {
+        log::debug!("http: could not send a response: {e}");
+    }
+}
+
+fn header(name: &str, value: &str) -> Header {
+    Header::from_bytes(name.as_bytes(), value.as_bytes()).expect("static header is valid")
+}
+
+/// The routes, with their path parameters.
+enum Route<'a> {
+    Health,
+    Keys,
+    Key(&'a str),
+    Hooks,
+    Hook(&'a str),
+    HookActivate(&'a str),
+    HookDeliveries(&'a str),
+    HookReplay(&'a str),
+    DeliveryRetry(&'a str),
+    Events,
+    Event(&'a str),
+}
+
+fn route(path: &str) -> Option<Route<'_>> {
+    let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
+    Some(match segments.as_slice() {
+        ["healthz"] => Route::Health,
+        ["v1", "keys"] => Route::Keys,
+        ["v1", "keys", id] => Route::Key(id),
+        ["v1", "hooks"] => Route::Hooks,
+        ["v1", "hooks", id] => Route::Hook(id),
+        ["v1", "hooks", id, "activate"] => Route::HookActivate(id),
+        ["v1", "hooks", id, "deliveries"] => Route::HookDeliveries(id),
+        ["v1", "hooks", id, "replay"] => Route::HookReplay(id),
+        ["v1", "deliveries", id, "retry"] => Route::DeliveryRetry(id),
+        ["v1", "events"] => Route::Events,
+        ["v1", "events", id] => Route::Event(id),
+        _ => return None,
+    })
+}
+
+fn handle(ctx: &Ctx, request: &mut Request) -> Handled {
+    let url = request.url().to_string();
+    let path = url.split('?').next().unwrap_or("");
+    let route = route(path).ok_or_else(|| ApiError::not_found(&format!("route {path}")))?;
+    if let Route::Health = route {
+        return match request.method() {
+            Method::Get | Method::Head => {
+                ctx.reader.ping()?;
+                Ok(Reply::json(200, serde_json::json!({"status": "ok"})))
+            }
+            m => Err(ApiError::method_not_allowed(m.as_str(), path)),
+        };
+    }
+    let key = authenticate(ctx, request)?;
+    let method = request.method().clone();
+    let body = input::read_body(request, ctx.max_body)?;
+    if matches!(method, Method::Post | Method::Patch | Method::Put) {
+        input::check_json_content_type(request, &body)?;
+    }
+    let query = input::Query::parse(&url);
+    let idempotency_key = request
+        .headers()
+        .iter()
+        .find(|h| h.field.equiv("Idempotency-Key"))
+        .map(|h| h.value.as_str().to_string());
+    let req = Req {
+        ctx,
+        key: &key,
+        body: &body,
+        query: &query,
+    };
+    match (&method, route) {
+        (Method::Post, Route::Keys) => keys::create(&req),
+        (Method::Get, Route::Keys) => keys::list(&req),
+        (Method::Delete, Route::Key(id)) => keys::revoke(&req, id),
+        (Method::Post, Route::Hooks) => hooks::create(&req),
+        (Method::Get, Route::Hooks) => hooks::list(&req),
+        (Method::Get, Route::Hook(id)) => hooks::get(&req, id),
+        (Method::Patch, Route::Hook(id)) => hooks::patch(&req, id),
+        (Method::Delete, Route::Hook(id)) => hooks::delete(&req, id),
+        (Method::Post, Route::HookActivate(id)) => hooks::activate(&req, id),
+        (Method::Get, Route::HookDeliveries(id)) => hooks::deliveries(&req, id),
+        (Method::Post, Route::HookReplay(id)) => hooks::replay(&req, id),
+        (Method::Post, Route::DeliveryRetry(id)) => hooks::retry_delivery(&req, id),
+        (Method::Post, Route::Events) => events::publish(&req, idempotency_key),
+        (Method::Get, Route::Events) => events::list(&req),
+        (Method::Get, Route::Event(id)) => events::get(&req, id),
+        (m, _) => Err(ApiError::method_not_allowed(m.as_str(), path)),
+    }
+}
+
+/// One authenticated request, as the resource handlers see it.
+pub struct Req<'a> {
+    pub ctx: &'a Ctx,
+    pub key: &'a ApiKey,
+    pub body: &'a [u8],
+    pub query: &'a input::Query,
+}
+
+impl Req<'_> {
+    /// Refuses unless the key has one of `roles`.
+    pub fn require(&self, roles: &[Role]) -> Result<(), ApiError> {
+        if roles.contains(&self.key.role) {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(format!(
+                "a {} key may not do this",
+                self.key.role.as_str()
+            )))
+        }
+    }
+
+    /// The tenant a subscriber is bound to; `None` for keys that see every tenant.
+    pub fn scope(&self) -> Option<String> {
+        match self.key.role {
+            Role::Subscriber => self.key.tenant.clone(),
+            _ => None,
+        }
+    }
+}
+
+fn authenticate(ctx: &Ctx, request: &Request) -> Result<ApiKey, ApiError> {
+    let token = request
+        .headers()
+        .iter()
+        .find(|h| h.field.equiv("Authorization"))
+        .and_then(|h| {
+            let v = h.value.as_str();
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+                .map(|t| t.trim().to_string())
+        })
+        .filter(|t| !t.is_empty())
+        .ok_or_else(ApiError::unauthorized)?;
+    store::authenticate(&ctx.reader, &token)?.ok_or_else(ApiError::unauthorized)
+}

@@ -1,0 +1,169 @@
+//! Flags and environment, validated once into plain values ([`Config`]). Nothing else in
+//! hookd reads argv or `HOOKD_*` variables.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(name = "hookd", version, about = "A REST Hooks engine in one binary")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the HTTP API and the delivery engine.
+    Serve(ServeArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// SQLite database file (created with its schema when missing).
+    #[arg(long, env = "HOOKD_DB", default_value = "./hookd.db")]
+    pub db: PathBuf,
+    /// Address to listen on; port 0 picks a free port.
+    #[arg(long, env = "HOOKD_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Dispatcher threads (deliveries in flight at once).
+    #[arg(long, env = "HOOKD_DISPATCHERS", default_value_t = 32)]
+    pub dispatchers: usize,
+    /// HTTP handler threads.
+    #[arg(long, env = "HOOKD_HANDLERS", default_value_t = 8)]
+    pub handlers: usize,
+    /// Allow targets on loopback and private networks.
+    #[arg(long, env = "HOOKD_ALLOW_PRIVATE_TARGETS")]
+    pub allow_private_targets: bool,
+    /// Delays before each retry, comma separated (`ms`, `s`, `m`, `h`).
+    #[arg(
+        long,
+        env = "HOOKD_RETRY_SCHEDULE",
+        default_value = "5s,30s,2m,10m,30m,1h,3h,6h,12h,24h"
+    )]
+    pub retry_schedule: String,
+    /// Time limit per delivery attempt, connect included.
+    #[arg(long, env = "HOOKD_DELIVERY_TIMEOUT", default_value = "10s")]
+    pub delivery_timeout: String,
+    /// Consecutive failed attempts that make a hook inactive (0 never disables).
+    #[arg(long, env = "HOOKD_DISABLE_AFTER", default_value_t = 50)]
+    pub disable_after: u32,
+    /// Largest request body accepted, in bytes.
+    #[arg(long, env = "HOOKD_MAX_BODY", default_value_t = 1024 * 1024)]
+    pub max_body: usize,
+}
+
+/// Everything `serve` needs, validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub db: PathBuf,
+    pub listen: SocketAddr,
+    pub dispatchers: usize,
+    pub handlers: usize,
+    pub allow_private_targets: bool,
+    /// Delay before retry n (0-based); its length + 1 is the number of attempts.
+    pub retry_schedule: Vec<Duration>,
+    pub delivery_timeout: Duration,
+    pub disable_after: u32,
+    pub max_body: usize,
+    /// `HOOKD_ADMIN_TOKEN`: when set, this token is an admin key.
+    pub admin_token: Option<String>,
+}
+
+#[derive(Debug)]
+pub struct ConfigError(pub String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "configuration: {}", self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl ServeArgs {
+    pub fn into_config(self) -> Result<Config, ConfigError> {
+        let retry_schedule = parse_schedule(&self.retry_schedule)
+            .map_err(|e| ConfigError(format!("--retry-schedule: {e}")))?;
+        let delivery_timeout = parse_duration(&self.delivery_timeout)
+            .map_err(|e| ConfigError(format!("--delivery-timeout: {e}")))?;
+        if delivery_timeout.is_zero() {
+            return Err(ConfigError("--delivery-timeout must be above 0".into()));
+        }
+        if self.dispatchers == 0 || self.dispatchers > 4096 {
+            return Err(ConfigError("--dispatchers must be 1..=4096".into()));
+        }
+        if self.handlers == 0 || self.handlers > 1024 {
+            return Err(ConfigError("--handlers must be 1..=1024".into()));
+        }
+        if self.max_body < 1024 {
+            return Err(ConfigError("--max-body must be at least 1024".into()));
+        }
+        let admin_token = std::env::var("HOOKD_ADMIN_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty());
+        Ok(Config {
+            db: self.db,
+            listen: self.listen,
+            dispatchers: self.dispatchers,
+            handlers: self.handlers,
+            allow_private_targets: self.allow_private_targets,
+            retry_schedule,
+            delivery_timeout,
+            disable_after: self.disable_after,
+            max_body: self.max_body,
+            admin_token,
+        })
+    }
+}
+
+/// `"5s,30s,2m"` → delays. An empty string means no retries.
+pub fn parse_schedule(s: &str) -> Result<Vec<Duration>, String> {
+    if s.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    s.split(',').map(|part| parse_duration(part.trim())).collect()
+}
+
+/// `"250ms"`, `"5s"`, `"2m"`, `"1h"` → a duration.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let split = s
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("`{s}` needs a unit (ms, s, m, h)"))?;
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a number followed by a unit"))?;
+    let ms = match unit {
+        "ms" => n,
+        "s" => n.saturating_mul(1000),
+        "m" => n.saturating_mul(60_000),
+        "h" => n.saturating_mul(3_600_000),
+        _ => return Err(format!("`{s}`: unknown unit `{unit}` (use ms, s, m, h)")),
+    };
+    Ok(Duration::from_millis(ms))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_default_schedule() {
+        let s = parse_schedule("5s,30s,2m,10m,30m,1h,3h,6h,12h,24h").unwrap();
+        assert_eq!(s.len(), 10);
+        assert_eq!(s[2], Duration::from_secs(120));
+        assert_eq!(s[9], Duration::from_secs(86_400));
+        assert_eq!(parse_schedule("100ms").unwrap(), vec![Duration::from_millis(100)]);
+        assert!(parse_schedule("").unwrap().is_empty());
+    }
+
+    #[test]
+    fn rejects_bad_durations() {
+        for bad in ["5", "s", "5d", "-1s", "1.5s", "5 s"] {
+            assert!(parse_duration(bad).is_err(), "{bad} should be refused");
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! A dispatcher thread: takes a due hook, sends its head batch, records the outcome
+//! through the writer, and tells the scheduler when the hook is next due. A failed
+//! delivery is an outcome to record, never an error that unwinds the thread.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender};
+use ureq::Agent;
+
+use super::{client, Done, Job};
+use crate::payload;
+use crate::clock::{now_ms, Millis};
+use crate::model::HookStatus;
+use crate::retry;
+use crate::store::read::OutboxRow;
+use crate::store::{AttemptRecord, Reader, Store, StoreError, WriteOp, WriteOutput};
+
+/// After a store error, look at the hook again this much later.
+const STORE_ERROR_BACKOFF_MS: i64 = 1000;
+
+/// What every dispatcher shares.
+#[derive(Clone)]
+pub struct Shared {
+    pub store: Store,
+    pub agent: Agent,
+    pub schedule: Arc<Vec<Duration>>,
+    pub disable_after: u32,
+    /// Set at shutdown: take no new job.
+    pub stopping: Arc<AtomicBool>,
+}
+
+pub fn run(shared: Shared, reader: Reader, jobs: Receiver<Job>, done: Sender<Done>) {
+    for job in jobs.iter() {
+        if shared.stopping.load(Ordering::SeqCst) {
+            break;
+        }
+        let next = catch_unwind(AssertUnwindSafe(|| deliver(&shared, &reader, &job.hook_id)))
+            .unwrap_or_else(|_| {
+                log::error!("dispatcher panicked on hook {}; retrying later", job.hook_id);
+                Err(StoreError::Busy)
+            })
+            .unwrap_or_else(|e| {
+                log::error!("dispatcher: hook {}: {e}", job.hook_id);
+                Some(now_ms() + STORE_ERROR_BACKOFF_MS)
+            });
+        if done
+            .send(Done {
+                hook_id: job.hook_id,
+                next,
+            })
+            .is_err()
+        {
+            break;
+        }
+    }
+}
+
+/// One attempt for the hook's head batch. Returns when the hook is next due.
+fn deliver(shared: &Shared, reader: &Reader, hook_id: &str) -> Result<Option<Millis>, StoreError> {
+    let Some(hook) = reader.hook(hook_id)? else {
+        return Ok(None);
+    };
+    if hook.status != HookStatus::Active {
+        return Ok(None);
+    }
+    let rows = reader.open_rows(hook_id, hook.batch_max)?;
+    let Some(head) = rows.first() else {
+        return Ok(None);
+    };
+    let head_due = head.next_attempt_at.unwrap_or(0);
+    if head_due > now_ms() {
+        return Ok(Some(head_due));
+    }
+    let (batch_id, batch) = claim(shared, reader, &rows)?;
+    if batch.is_empty() {
+        // Changed under us (cancelled, delivered by a retry): look again.
+        return Ok(Some(now_ms()));
+    }
+    let event_ids: Vec<String> = batch.iter().map(|r| r.event_id.clone()).collect();
+    let events = reader.events_by_ids(&event_ids)?;
+    let numbered: Vec<(i64, &crate::model::Event)> =
+        batch.iter().map(|r| r.seq).zip(events.iter()).collect();
+    let body = payload::build(&hook, &numbered);
+
+    let timestamp = now_ms() / 1000;
+    let signature = crate::sign::header(&[&hook.secret], &batch_id, timestamp, &body);
+    let headers = [
+        ("webhook-id", batch_id.clone()),
+        ("webhook-timestamp", timestamp.to_string()),
+        ("webhook-signature", signature),
+    ];
+    let result = client::send(&shared.agent, &hook.target_url, &headers, &body);
+    let attempts = batch[0].attempts + 1;
+    let verdict = retry::decide(
+        &shared.schedule,
+        attempts,
+        result.outcome,
+        now_ms(),
+        jitter(),
+    );
+    if verdict == retry::Verdict::Dead {
+        log::warn!("delivery {batch_id} of hook {hook_id} is dead after {attempts} attempts");
+    }
+    let record = AttemptRecord {
+        hook_id: hook.id.clone(),
+        batch_id,
+        attempt: result.attempt,
+        verdict,
+    };
+    match shared.store.internal(WriteOp::RecordAttempt {
+        record,
+        disable_after: shared.disable_after,
+    })? {
+        WriteOutput::Next(next) => Ok(next),
+        _ => Ok(Some(now_ms())),
+    }
+}
+
+/// The rows that go out together, and their batch id. A head that was sent before
+/// keeps its batch; otherwise the never-sent rows at the head are claimed as one.
+fn claim(
+    shared: &Shared,
+    reader: &Reader,
+    rows: &[OutboxRow],
+) -> Result<(String, Vec<OutboxRow>), StoreError> {
+    let head = &rows[0];
+    if let Some(batch_id) = &head.batch_id {
+        return Ok((batch_id.clone(), reader.batch_rows(batch_id)?));
+    }
+    let fresh: Vec<String> = rows
+        .iter()
+        .take_while(|r| r.batch_id.is_none())
+        .map(|r| r.id.clone())
+        .collect();
+    shared.store.internal(WriteOp::ClaimBatch {
+        batch_id: head.id.clone(),
+        ids: fresh,
+    })?;
+    Ok((head.id.clone(), reader.batch_rows(&head.id)?))
+}
+
+fn jitter() -> f64 {
+    let mut b = [0u8; 4];
+    crate::ids::random_bytes(&mut b);
+    f64::from(u32::from_le_bytes(b)) / (f64::from(u32::MAX) + 1.0)
+}

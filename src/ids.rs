@@ -1,0 +1,71 @@
+//! Opaque, prefixed ids (`hook_…`, `evt_…`, `dlv_…`, `key_…`) and random secrets.
+//!
+//! Ids are ULID-shaped: 48 bits of milliseconds then 80 random bits, Crockford base32,
+//! monotonic within a process. Time order keeps SQLite's primary-key B-trees appending
+//! instead of splitting pages at random, and makes "newest first" an index scan.
+
+use std::sync::Mutex;
+
+const CROCKFORD: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+
+static LAST: Mutex<(u64, u128)> = Mutex::new((0, 0));
+
+/// Fills `buf` from the OS random source. A machine without one cannot run hookd safely.
+pub fn random_bytes(buf: &mut [u8]) {
+    getrandom::fill(buf).expect("the OS random source failed");
+}
+
+/// A new id with `prefix` (without the underscore), e.g. `new_id("evt")`.
+pub fn new_id(prefix: &str) -> String {
+    let ms = crate::clock::now_ms().max(0) as u64;
+    let value = {
+        let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
+        let rand = if ms <= last.0 {
+            // Same (or an earlier, if the clock stepped back) millisecond: count up from
+            // the last id so ids stay strictly increasing within this process.
+            last.1 = last.1.wrapping_add(1) & ((1u128 << 80) - 1);
+            last.1
+        } else {
+            let mut b = [0u8; 10];
+            random_bytes(&mut b);
+            // Keep the top bit clear so increments within one millisecond cannot overflow.
+            b[0] &= 0x7f;
+            last.0 = ms;
+            last.1 = b.iter().fold(0u128, |acc, x| (acc << 8) | u128::from(*x));
+            last.1
+        };
+        (u128::from(last.0) << 80) | rand
+    };
+    let mut out = String::with_capacity(prefix.len() + 27);
+    out.push_str(prefix);
+    out.push('_');
+    for i in (0..26).rev() {
+        let idx = ((value >> (i * 5)) & 31) as usize;
+        out.push(CROCKFORD[idx] as char);
+    }
+    out
+}
+
+/// An API token: `hkd_` and 32 random bytes, hex. Shown once, stored hashed.
+pub fn new_token() -> String {
+    let mut b = [0u8; 32];
+    random_bytes(&mut b);
+    let mut s = String::from("hkd_");
+    for x in b {
+        s.push_str(&format!("{x:02x}"));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_prefixed_and_increasing() {
+        let a = new_id("evt");
+        let b = new_id("evt");
+        assert!(a.starts_with("evt_") && a.len() == 30, "{a}");
+        assert!(b > a, "{b} should sort after {a}");
+    }
+}

@@ -1,0 +1,318 @@
+//! The only module that touches SQLite. One file in WAL mode; every write goes through
+//! the writer thread ([`writer`]), which commits whatever requests are waiting in one
+//! transaction; reads use their own connections ([`read::Reader`]). Knows nothing of
+//! HTTP or of delivery transport.
+
+mod ops;
+pub mod read;
+pub mod writer;
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crossbeam_channel::{bounded, Sender};
+use rusqlite::{Connection, OpenFlags};
+
+use crate::model::{ApiKey, PayloadKind, Role};
+use crate::retry::Verdict;
+
+pub use read::Reader;
+pub use writer::{WriteOp, WriteOutput};
+
+const SCHEMA: &str = include_str!("../../schema.sql");
+
+/// Upgrades applied in order after the schema, each in its own transaction; append only.
+/// Entry `i` takes `user_version` from `i + 1` to `i + 2`.
+const MIGRATIONS: &[&str] = &[];
+
+/// The `user_version` of a database that has every migration.
+const SCHEMA_VERSION: i64 = 1 + MIGRATIONS.len() as i64;
+
+/// How long an API request waits for room in the writer's queue before it is told 503.
+const ENQUEUE_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Debug)]
+pub enum StoreError {
+    NotFound,
+    /// A uniqueness or state conflict, with the reason.
+    Conflict(String),
+    /// The writer is saturated or stopped: try again later.
+    Busy,
+    /// SQLite failed; the context says doing what.
+    Db(String, rusqlite::Error),
+    /// The database file cannot be used (foreign, newer, locked).
+    Open(String),
+}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreError::NotFound => write!(f, "not found"),
+            StoreError::Conflict(m) => write!(f, "conflict: {m}"),
+            StoreError::Busy => write!(f, "the database writer is busy"),
+            StoreError::Db(ctx, e) => write!(f, "database error while {ctx}: {e}"),
+            StoreError::Open(m) => write!(f, "{m}"),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+/// Attaches what was being done to a rusqlite error.
+pub(crate) trait Context<T> {
+    fn ctx(self, what: &str) -> Result<T, StoreError>;
+}
+
+impl<T> Context<T> for rusqlite::Result<T> {
+    fn ctx(self, what: &str) -> Result<T, StoreError> {
+        self.map_err(|e| StoreError::Db(what.to_string(), e))
+    }
+}
+
+/// An open database: the path (for new read connections), the exclusive process lock,
+/// and the connection the writer thread will own.
+pub struct Opened {
+    pub path: PathBuf,
+    pub writer_conn: Connection,
+    /// Held for the life of the process: a second `hookd serve` on the file fails to
+    /// take it. The OS drops the lock when the process dies, so a crash leaves none.
+    pub lock: File,
+}
+
+/// Opens (creating when missing) the database, takes the process lock, sets the pragmas
+/// and brings the schema up to date.
+pub fn open(path: &Path) -> Result<Opened, StoreError> {
+    let lock_path = lock_path(path);
+    let lock = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| StoreError::Open(format!("cannot open {}: {e}", lock_path.display())))?;
+    if lock.try_lock().is_err() {
+        return Err(StoreError::Open(format!(
+            "{} is in use by another hookd process (lock {} is held)",
+            path.display(),
+            lock_path.display()
+        )));
+    }
+    let mut conn = Connection::open(path)
+        .map_err(|e| StoreError::Open(format!("cannot open {}: {e}", path.display())))?;
+    configure(&conn, false)?;
+    migrate(&mut conn, path)?;
+    Ok(Opened {
+        path: path.to_path_buf(),
+        writer_conn: conn,
+        lock,
+    })
+}
+
+fn lock_path(db: &Path) -> PathBuf {
+    let mut s = db.as_os_str().to_owned();
+    s.push(".lock");
+    PathBuf::from(s)
+}
+
+/// Pragmas for every connection, each with its reason.
+fn configure(conn: &Connection, read_only: bool) -> Result<(), StoreError> {
+    // Another connection holding the write lock (a checkpoint, the CLI) makes us wait
+    // this long instead of failing at once.
+    conn.busy_timeout(Duration::from_secs(5))
+        .ctx("setting busy_timeout")?;
+    // References between tables are checked by SQLite, not by hope.
+    conn.pragma_update(None, "foreign_keys", "ON")
+        .ctx("enabling foreign keys")?;
+    conn.set_prepared_statement_cache_capacity(64);
+    if read_only {
+        return Ok(());
+    }
+    // WAL: readers never block the writer and the writer never blocks readers.
+    let mode: String = conn
+        .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
+        .map_err(|e| StoreError::Open(format!("cannot use the database: {e}")))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Open(format!(
+            "the database refused WAL mode (journal_mode is {mode})"
+        )));
+    }
+    // FULL: a commit is on the disk (fsync of the WAL) before it returns, so an
+    // accepted event survives power loss, not only a crash of hookd.
+    conn.pragma_update(None, "synchronous", "FULL")
+        .ctx("setting synchronous")?;
+    Ok(())
+}
+
+fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
+    let foreign = |why: &str| {
+        StoreError::Open(format!(
+            "{} is not a hookd database ({why})",
+            path.display()
+        ))
+    };
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(|e| foreign(&e.to_string()))?;
+    if version == 0 {
+        let tables: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_schema WHERE type = 'table'",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(|e| foreign(&e.to_string()))?;
+        if tables > 0 {
+            return Err(foreign("it has tables but no hookd schema version"));
+        }
+        let tx = conn.transaction().ctx("starting the schema transaction")?;
+        tx.execute_batch(SCHEMA).ctx("creating the schema")?;
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+            .ctx("setting user_version")?;
+        tx.commit().ctx("committing the schema")?;
+        return Ok(());
+    }
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::Open(format!(
+            "{} has schema version {version}, newer than this hookd ({SCHEMA_VERSION})",
+            path.display()
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip((version - 1) as usize) {
+        let tx = conn.transaction().ctx("starting a migration")?;
+        tx.execute_batch(sql).ctx("applying a migration")?;
+        tx.pragma_update(None, "user_version", i as i64 + 2)
+            .ctx("setting user_version")?;
+        tx.commit().ctx("committing a migration")?;
+    }
+    Ok(())
+}
+
+/// Opens a connection for reading only.
+pub fn open_reader(path: &Path) -> Result<Reader, StoreError> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| StoreError::Open(format!("cannot open {} to read: {e}", path.display())))?;
+    configure(&conn, true)?;
+    Ok(Reader::new(conn))
+}
+
+/// SHA-256 of an API token: what the keys table holds instead of the token.
+pub fn token_hash(token: &str) -> Vec<u8> {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(token.as_bytes()).to_vec()
+}
+
+/// Makes sure an admin can log in: `HOOKD_ADMIN_TOKEN` becomes an admin key if it is not
+/// one yet; otherwise, when there is no live admin key at all, one is created and its
+/// token returned so that `serve` can print it once. Runs before the writer starts.
+pub fn bootstrap_admin(
+    conn: &mut Connection,
+    env_token: Option<&str>,
+) -> Result<Option<String>, StoreError> {
+    let tx = conn.transaction().ctx("starting the admin bootstrap")?;
+    let created = match env_token {
+        Some(token) => {
+            ops::insert_key_if_missing(&tx, &token_hash(token), Role::Admin, None)?;
+            None
+        }
+        None => {
+            let admins: i64 = tx
+                .query_row(
+                    "SELECT count(*) FROM api_keys WHERE role = 'admin' AND revoked_at IS NULL",
+                    [],
+                    |r| r.get(0),
+                )
+                .ctx("counting admin keys")?;
+            if admins == 0 {
+                let token = crate::ids::new_token();
+                ops::insert_key_if_missing(&tx, &token_hash(&token), Role::Admin, None)?;
+                Some(token)
+            } else {
+                None
+            }
+        }
+    };
+    tx.commit().ctx("committing the admin bootstrap")?;
+    Ok(created)
+}
+
+/// A new hook as the API validated it.
+#[derive(Debug, Clone)]
+pub struct NewHook {
+    pub tenant: String,
+    pub target_url: String,
+    pub events: Vec<String>,
+    pub payload: PayloadKind,
+    pub batch_max: u32,
+    pub status: crate::model::HookStatus,
+}
+
+/// Changes to a hook; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct HookPatch {
+    pub target_url: Option<String>,
+    pub events: Option<Vec<String>>,
+    pub payload: Option<PayloadKind>,
+    pub batch_max: Option<u32>,
+}
+
+/// One event to publish, validated.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub tenant: String,
+    pub event_type: String,
+    pub resource_id: Option<String>,
+    /// `data` as JSON text.
+    pub data: String,
+    /// The `idempotency_key` field, with the hash of this event's JSON.
+    pub idempotency: Option<(String, Vec<u8>)>,
+}
+
+/// What the dispatcher reports after an attempt.
+#[derive(Debug, Clone)]
+pub struct AttemptRecord {
+    pub hook_id: String,
+    pub batch_id: String,
+    pub attempt: crate::model::Attempt,
+    pub verdict: Verdict,
+}
+
+/// Handle to the writer, cloned into every thread that writes.
+#[derive(Clone)]
+pub struct Store {
+    tx: Sender<writer::Request>,
+}
+
+impl Store {
+    pub(crate) fn new(tx: Sender<writer::Request>) -> Store {
+        Store { tx }
+    }
+
+    /// Sends one operation and waits until its transaction is committed (or failed).
+    fn call(&self, op: WriteOp, wait_for_room: Option<Duration>) -> Result<WriteOutput, StoreError> {
+        let (reply, result) = bounded(1);
+        let request = writer::Request { op, reply };
+        match wait_for_room {
+            Some(t) => self.tx.send_timeout(request, t).map_err(|_| StoreError::Busy)?,
+            None => self.tx.send(request).map_err(|_| StoreError::Busy)?,
+        }
+        result.recv().map_err(|_| StoreError::Busy)?
+    }
+
+    /// For API requests: gives up with `Busy` when the writer's queue stays full.
+    pub fn api(&self, op: WriteOp) -> Result<WriteOutput, StoreError> {
+        self.call(op, Some(ENQUEUE_TIMEOUT))
+    }
+
+    /// For the engine's own bookkeeping, which must not be dropped: waits for room.
+    pub fn internal(&self, op: WriteOp) -> Result<WriteOutput, StoreError> {
+        self.call(op, None)
+    }
+}
+
+/// The API key for a token, if it is live.
+pub fn authenticate(reader: &Reader, token: &str) -> Result<Option<ApiKey>, StoreError> {
+    reader.key_by_hash(&token_hash(token))
+}

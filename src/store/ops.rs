@@ -1,0 +1,617 @@
+//! The SQL of every write. Each function runs inside the writer's transaction (a
+//! savepoint of it) and reports what must happen after the commit through `Effects`.
+
+use rusqlite::{params, Connection, OptionalExtension};
+use serde_json::json;
+
+use super::read::{hook_from_row, HOOK_COLUMNS};
+use super::writer::{Effects, FanoutIndex, IndexChange, WriteOp, WriteOutput};
+use super::{AttemptRecord, Context, HookPatch, NewEvent, NewHook, StoreError};
+use crate::clock::{now_ms, Millis};
+use crate::ids::new_id;
+use crate::model::{ApiKey, Hook, HookStatus, Role};
+use crate::retry::Verdict;
+
+/// How long an idempotency key is remembered.
+const IDEMPOTENCY_TTL_MS: i64 = 24 * 3600 * 1000;
+
+pub(super) fn apply(
+    conn: &Connection,
+    index: &FanoutIndex,
+    op: WriteOp,
+    fx: &mut Effects,
+) -> Result<WriteOutput, StoreError> {
+    match op {
+        WriteOp::CreateKey {
+            token_hash,
+            role,
+            tenant,
+        } => insert_key(conn, &token_hash, role, tenant.as_deref()).map(WriteOutput::Key),
+        WriteOp::RevokeKey { id } => revoke_key(conn, &id).map(|_| WriteOutput::Done),
+        WriteOp::CreateHook(new) => create_hook(conn, new, fx).map(WriteOutput::Hook),
+        WriteOp::UpdateHook { id, scope, patch } => {
+            update_hook(conn, &id, scope.as_deref(), patch, fx).map(WriteOutput::Hook)
+        }
+        WriteOp::DeleteHook { id, scope } => {
+            delete_hook(conn, &id, scope.as_deref(), fx).map(|_| WriteOutput::Done)
+        }
+        WriteOp::ActivateHook { id, scope } => {
+            activate_hook(conn, &id, scope.as_deref(), fx).map(WriteOutput::Hook)
+        }
+        WriteOp::Publish {
+            events,
+            array,
+            request_key,
+        } => publish(conn, index, events, array, request_key, fx)
+            .map(|body| WriteOutput::Published { body }),
+        WriteOp::ClaimBatch { batch_id, ids } => {
+            claim_batch(conn, &batch_id, &ids).map(WriteOutput::Count)
+        }
+        WriteOp::RecordAttempt {
+            record,
+            disable_after,
+        } => record_attempt(conn, record, disable_after, fx).map(WriteOutput::Next),
+        WriteOp::RetryDelivery { id, scope } => {
+            retry_delivery(conn, &id, scope.as_deref(), fx).map(|_| WriteOutput::Done)
+        }
+        WriteOp::Replay {
+            hook_id,
+            scope,
+            since,
+        } => replay(conn, &hook_id, scope.as_deref(), since, fx).map(WriteOutput::Count),
+    }
+}
+
+fn insert_key(
+    conn: &Connection,
+    token_hash: &[u8],
+    role: Role,
+    tenant: Option<&str>,
+) -> Result<ApiKey, StoreError> {
+    let key = ApiKey {
+        id: new_id("key"),
+        role,
+        tenant: tenant.map(str::to_string),
+        created_at: now_ms(),
+    };
+    conn.prepare_cached(
+        "INSERT INTO api_keys (id, token_hash, role, tenant, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![key.id, token_hash, role.as_str(), key.tenant, key.created_at])
+    })
+    .ctx("inserting a key")?;
+    Ok(key)
+}
+
+/// Used by the admin bootstrap: a token already known (even revoked) is left alone.
+pub(super) fn insert_key_if_missing(
+    conn: &Connection,
+    token_hash: &[u8],
+    role: Role,
+    tenant: Option<&str>,
+) -> Result<(), StoreError> {
+    let exists = conn
+        .query_row(
+            "SELECT 1 FROM api_keys WHERE token_hash = ?1",
+            [token_hash],
+            |_| Ok(()),
+        )
+        .optional()
+        .ctx("looking up a key")?
+        .is_some();
+    if !exists {
+        insert_key(conn, token_hash, role, tenant)?;
+    }
+    Ok(())
+}
+
+fn revoke_key(conn: &Connection, id: &str) -> Result<(), StoreError> {
+    let n = conn
+        .execute(
+            "UPDATE api_keys SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
+            params![id, now_ms()],
+        )
+        .ctx("revoking a key")?;
+    if n == 0 {
+        return Err(StoreError::NotFound);
+    }
+    Ok(())
+}
+
+fn load_hook(conn: &Connection, id: &str, scope: Option<&str>) -> Result<Hook, StoreError> {
+    let sql = format!("SELECT {HOOK_COLUMNS} FROM hooks WHERE id = ?1 AND deleted_at IS NULL");
+    let hook = conn
+        .prepare_cached(&sql)
+        .and_then(|mut s| s.query_row([id], hook_from_row).optional())
+        .ctx("loading a hook")?
+        .ok_or(StoreError::NotFound)?;
+    match scope {
+        Some(t) if t != hook.tenant => Err(StoreError::NotFound),
+        _ => Ok(hook),
+    }
+}
+
+fn index_upsert(hook: &Hook) -> IndexChange {
+    IndexChange::Upsert {
+        tenant: hook.tenant.clone(),
+        hook_id: hook.id.clone(),
+        patterns: hook.events.clone(),
+    }
+}
+
+fn create_hook(conn: &Connection, new: NewHook, fx: &mut Effects) -> Result<Hook, StoreError> {
+    let now = now_ms();
+    let hook = Hook {
+        id: new_id("hook"),
+        tenant: new.tenant,
+        target_url: new.target_url,
+        events: new.events,
+        payload: new.payload,
+        batch_max: new.batch_max,
+        status: new.status,
+        secret: crate::sign::new_secret(),
+        consecutive_failures: 0,
+        created_at: now,
+        updated_at: now,
+    };
+    conn.prepare_cached(
+        "INSERT INTO hooks (id, tenant, target_url, events, payload, batch_max, status, secret,
+                            created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            hook.id,
+            hook.tenant,
+            hook.target_url,
+            json!(hook.events).to_string(),
+            hook.payload.as_str(),
+            hook.batch_max,
+            hook.status.as_str(),
+            hook.secret,
+            now
+        ])
+    })
+    .ctx("inserting a hook")?;
+    fx.index.push(index_upsert(&hook));
+    Ok(hook)
+}
+
+fn update_hook(
+    conn: &Connection,
+    id: &str,
+    scope: Option<&str>,
+    patch: HookPatch,
+    fx: &mut Effects,
+) -> Result<Hook, StoreError> {
+    let mut hook = load_hook(conn, id, scope)?;
+    if let Some(u) = patch.target_url {
+        hook.target_url = u;
+    }
+    if let Some(e) = patch.events {
+        hook.events = e;
+    }
+    if let Some(p) = patch.payload {
+        hook.payload = p;
+    }
+    if let Some(b) = patch.batch_max {
+        hook.batch_max = b;
+    }
+    hook.updated_at = now_ms();
+    conn.prepare_cached(
+        "UPDATE hooks SET target_url = ?2, events = ?3, payload = ?4, batch_max = ?5,
+                          updated_at = ?6
+         WHERE id = ?1",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            hook.id,
+            hook.target_url,
+            json!(hook.events).to_string(),
+            hook.payload.as_str(),
+            hook.batch_max,
+            hook.updated_at
+        ])
+    })
+    .ctx("updating a hook")?;
+    fx.index.push(index_upsert(&hook));
+    Ok(hook)
+}
+
+fn delete_hook(
+    conn: &Connection,
+    id: &str,
+    scope: Option<&str>,
+    fx: &mut Effects,
+) -> Result<(), StoreError> {
+    let hook = load_hook(conn, id, scope)?;
+    let now = now_ms();
+    conn.execute(
+        "UPDATE hooks SET deleted_at = ?2, updated_at = ?2 WHERE id = ?1",
+        params![hook.id, now],
+    )
+    .ctx("deleting a hook")?;
+    // Unsubscribed: what it has not received yet will never be sent.
+    conn.execute(
+        "UPDATE deliveries SET status = 'cancelled', next_attempt_at = NULL, updated_at = ?2
+         WHERE hook_id = ?1 AND status IN ('pending', 'failed')",
+        params![hook.id, now],
+    )
+    .ctx("cancelling a deleted hook's deliveries")?;
+    fx.index.push(IndexChange::Remove {
+        tenant: hook.tenant,
+        hook_id: hook.id,
+    });
+    Ok(())
+}
+
+fn activate_hook(
+    conn: &Connection,
+    id: &str,
+    scope: Option<&str>,
+    fx: &mut Effects,
+) -> Result<Hook, StoreError> {
+    let mut hook = load_hook(conn, id, scope)?;
+    let now = now_ms();
+    hook.status = HookStatus::Active;
+    hook.consecutive_failures = 0;
+    hook.updated_at = now;
+    conn.execute(
+        "UPDATE hooks SET status = 'active', consecutive_failures = 0, updated_at = ?2
+         WHERE id = ?1",
+        params![hook.id, now],
+    )
+    .ctx("activating a hook")?;
+    // Held deliveries go out now, in order, starting from the oldest.
+    conn.execute(
+        "UPDATE deliveries SET next_attempt_at = ?2
+         WHERE hook_id = ?1 AND status IN ('pending', 'failed')",
+        params![hook.id, now],
+    )
+    .ctx("resuming held deliveries")?;
+    fx.reset.push(hook.id.clone());
+    Ok(hook)
+}
+
+/// Looks up an idempotency key: `Some(stored response)` for a repeat of the same
+/// request, a conflict for the same key on a different request.
+fn idempotent_replay(
+    conn: &Connection,
+    key: &str,
+    hash: &[u8],
+) -> Result<Option<String>, StoreError> {
+    let row: Option<(Vec<u8>, String, Millis)> = conn
+        .prepare_cached(
+            "SELECT request_hash, response, created_at FROM idempotency WHERE key = ?1",
+        )
+        .and_then(|mut s| {
+            s.query_row([key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .optional()
+        })
+        .ctx("looking up an idempotency key")?;
+    match row {
+        Some((_, _, at)) if at + IDEMPOTENCY_TTL_MS < now_ms() => {
+            conn.execute("DELETE FROM idempotency WHERE key = ?1", [key])
+                .ctx("expiring an idempotency key")?;
+            Ok(None)
+        }
+        Some((h, response, _)) if h == hash => Ok(Some(response)),
+        Some(_) => Err(StoreError::Conflict(
+            "this Idempotency-Key was used with a different request".into(),
+        )),
+        None => Ok(None),
+    }
+}
+
+fn remember(conn: &Connection, key: &str, hash: &[u8], response: &str) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO idempotency (key, request_hash, response, created_at) VALUES (?1, ?2, ?3, ?4)",
+    )
+    .and_then(|mut s| s.execute(params![key, hash, response, now_ms()]))
+    .ctx("storing an idempotency key")?;
+    Ok(())
+}
+
+fn publish(
+    conn: &Connection,
+    index: &FanoutIndex,
+    events: Vec<NewEvent>,
+    array: bool,
+    request_key: Option<(String, Vec<u8>)>,
+    fx: &mut Effects,
+) -> Result<String, StoreError> {
+    let request_key = request_key.map(|(k, h)| (format!("request:{k}"), h));
+    if let Some((key, hash)) = &request_key {
+        if let Some(stored) = idempotent_replay(conn, key, hash)? {
+            return Ok(stored);
+        }
+    }
+    let mut results = Vec::with_capacity(events.len());
+    for event in events {
+        let field_key = event
+            .idempotency
+            .as_ref()
+            .map(|(k, h)| (format!("event:{k}"), h.clone()));
+        if let Some((key, hash)) = &field_key {
+            if let Some(stored) = idempotent_replay(conn, key, hash)? {
+                results.push(serde_json::from_str(&stored).unwrap_or(serde_json::Value::Null));
+                continue;
+            }
+        }
+        let (id, n) = insert_event(conn, index, &event, fx)?;
+        let result = json!({"id": id, "deliveries": n});
+        if let Some((key, hash)) = &field_key {
+            remember(conn, key, hash, &result.to_string())?;
+        }
+        results.push(result);
+    }
+    let body = if array {
+        serde_json::Value::Array(results).to_string()
+    } else {
+        results.pop().unwrap_or(serde_json::Value::Null).to_string()
+    };
+    if let Some((key, hash)) = &request_key {
+        remember(conn, key, hash, &body)?;
+    }
+    Ok(body)
+}
+
+/// Inserts one event and its fan-out; returns its id and how many hooks it matched.
+fn insert_event(
+    conn: &Connection,
+    index: &FanoutIndex,
+    event: &NewEvent,
+    fx: &mut Effects,
+) -> Result<(String, u64), StoreError> {
+    let now = now_ms();
+    let id = new_id("evt");
+    conn.prepare_cached(
+        "INSERT INTO events (id, tenant, type, resource_id, data, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            id,
+            event.tenant,
+            event.event_type,
+            event.resource_id,
+            event.data,
+            now
+        ])
+    })
+    .ctx("inserting an event")?;
+    let mut matched = 0;
+    for hook_id in index.matching(&event.tenant, &event.event_type) {
+        // The index only proposes; the hook row decides (a pending hook gets nothing) and
+        // hands out the next sequence number.
+        let next: Option<(i64, u32)> = conn
+            .prepare_cached(
+                "UPDATE hooks SET last_seq = last_seq + 1
+                 WHERE id = ?1 AND deleted_at IS NULL AND status IN ('active', 'inactive')
+                 RETURNING last_seq, batch_max",
+            )
+            .and_then(|mut s| s.query_row([&hook_id], |r| Ok((r.get(0)?, r.get(1)?))).optional())
+            .ctx("numbering a delivery")?;
+        let Some((seq, batch_max)) = next else {
+            continue;
+        };
+        let dlv = new_id("dlv");
+        // A hook that sends one event per request has its batch fixed at once.
+        let batch_id = (batch_max == 1).then_some(dlv.as_str());
+        conn.prepare_cached(
+            "INSERT INTO deliveries (id, hook_id, seq, event_id, batch_id, status, attempts,
+                                     next_attempt_at, created_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, 'pending', 0, ?6, ?6, ?6)",
+        )
+        .and_then(|mut s| s.execute(params![dlv, hook_id, seq, id, batch_id, now]))
+        .ctx("inserting a delivery")?;
+        matched += 1;
+        fx.new_work.push(hook_id);
+    }
+    Ok((id, matched))
+}
+
+fn claim_batch(conn: &Connection, batch_id: &str, ids: &[String]) -> Result<u64, StoreError> {
+    let mut stmt = conn
+        .prepare_cached(
+            "UPDATE deliveries SET batch_id = ?1
+             WHERE id = ?2 AND batch_id IS NULL AND status IN ('pending', 'failed')",
+        )
+        .ctx("preparing a batch claim")?;
+    let mut n = 0;
+    for id in ids {
+        n += stmt.execute(params![batch_id, id]).ctx("claiming a batch")? as u64;
+    }
+    Ok(n)
+}
+
+fn record_attempt(
+    conn: &Connection,
+    record: AttemptRecord,
+    disable_after: u32,
+    fx: &mut Effects,
+) -> Result<Option<Millis>, StoreError> {
+    let now = now_ms();
+    let a = &record.attempt;
+    conn.prepare_cached(
+        "INSERT INTO attempts (delivery_id, at, status_code, error, duration_ms, response_snippet)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            record.batch_id,
+            a.at,
+            a.status_code,
+            a.error,
+            a.duration_ms,
+            a.response_snippet
+        ])
+    })
+    .ctx("logging an attempt")?;
+    let (status, next_at): (&str, Option<Millis>) = match record.verdict {
+        Verdict::Delivered => ("delivered", None),
+        Verdict::Retry { at } => ("failed", Some(at)),
+        Verdict::Dead => ("dead", None),
+        Verdict::Gone => ("cancelled", None),
+    };
+    // Only rows still open change: a hook deleted mid-attempt keeps its cancellations.
+    conn.prepare_cached(
+        "UPDATE deliveries SET status = ?2, attempts = attempts + 1, next_attempt_at = ?3,
+                               updated_at = ?4
+         WHERE batch_id = ?1 AND status IN ('pending', 'failed')",
+    )
+    .and_then(|mut s| s.execute(params![record.batch_id, status, next_at, now]))
+    .ctx("updating a delivery")?;
+
+    if record.verdict == Verdict::Gone {
+        log::info!("hook {} answered 410 Gone: unsubscribed", record.hook_id);
+        match delete_hook(conn, &record.hook_id, None, fx) {
+            Ok(()) | Err(StoreError::NotFound) => {}
+            Err(e) => return Err(e),
+        }
+        return Ok(None);
+    }
+    if record.verdict.is_failure() {
+        let disabled: Option<i64> = conn
+            .prepare_cached(
+                "UPDATE hooks SET consecutive_failures = consecutive_failures + 1,
+                     status = CASE WHEN ?2 > 0 AND consecutive_failures + 1 >= ?2
+                                    AND status = 'active' THEN 'inactive' ELSE status END,
+                     updated_at = ?3
+                 WHERE id = ?1 RETURNING status = 'inactive'",
+            )
+            .and_then(|mut s| {
+                s.query_row(params![record.hook_id, disable_after, now], |r| r.get(0))
+                    .optional()
+            })
+            .ctx("counting a failure")?;
+        if disabled == Some(1) {
+            log::warn!(
+                "hook {} is inactive after {disable_after} consecutive failed attempts",
+                record.hook_id
+            );
+        }
+    } else {
+        conn.prepare_cached(
+            "UPDATE hooks SET consecutive_failures = 0 WHERE id = ?1 AND consecutive_failures > 0",
+        )
+        .and_then(|mut s| s.execute([&record.hook_id]))
+        .ctx("resetting failures")?;
+    }
+    next_due(conn, &record.hook_id)
+}
+
+/// When the hook's oldest open delivery is due, if the hook may send at all.
+fn next_due(conn: &Connection, hook_id: &str) -> Result<Option<Millis>, StoreError> {
+    conn.prepare_cached(
+        "SELECT d.next_attempt_at FROM deliveries d JOIN hooks h ON h.id = d.hook_id
+         WHERE d.hook_id = ?1 AND d.status IN ('pending', 'failed')
+           AND h.status = 'active' AND h.deleted_at IS NULL
+         ORDER BY d.seq LIMIT 1",
+    )
+    .and_then(|mut s| s.query_row([hook_id], |r| r.get::<_, Option<Millis>>(0)).optional())
+    .ctx("finding the next due delivery")
+    .map(|o| o.map(|at| at.unwrap_or(0)))
+}
+
+/// The hook of a delivery (batch head), checked against the caller's tenant.
+fn delivery_hook(
+    conn: &Connection,
+    id: &str,
+    scope: Option<&str>,
+) -> Result<(String, String), StoreError> {
+    let row: Option<(String, String, String)> = conn
+        .query_row(
+            "SELECT d.hook_id, h.tenant, d.status FROM deliveries d JOIN hooks h ON h.id = d.hook_id
+             WHERE d.id = ?1 AND (d.batch_id IS NULL OR d.batch_id = d.id)
+               AND h.deleted_at IS NULL",
+            [id],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()
+        .ctx("loading a delivery")?;
+    let (hook_id, tenant, status) = row.ok_or(StoreError::NotFound)?;
+    if scope.is_some_and(|t| t != tenant) {
+        return Err(StoreError::NotFound);
+    }
+    Ok((hook_id, status))
+}
+
+fn retry_delivery(
+    conn: &Connection,
+    id: &str,
+    scope: Option<&str>,
+    fx: &mut Effects,
+) -> Result<(), StoreError> {
+    let (hook_id, status) = delivery_hook(conn, id, scope)?;
+    if status == "cancelled" {
+        return Err(StoreError::Conflict(
+            "this delivery was cancelled with its hook".into(),
+        ));
+    }
+    let now = now_ms();
+    // A fresh round of the schedule, sent as soon as its turn in the hook's order comes.
+    conn.execute(
+        "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = ?2,
+                               updated_at = ?2
+         WHERE (batch_id = ?1 OR (id = ?1 AND batch_id IS NULL))",
+        params![id, now],
+    )
+    .ctx("queueing a delivery again")?;
+    fx.reset.push(hook_id);
+    Ok(())
+}
+
+fn replay(
+    conn: &Connection,
+    hook_id: &str,
+    scope: Option<&str>,
+    since: Millis,
+    fx: &mut Effects,
+) -> Result<u64, StoreError> {
+    load_hook(conn, hook_id, scope)?;
+    let now = now_ms();
+    let batches: i64 = conn
+        .query_row(
+            "SELECT count(DISTINCT batch_id) FROM deliveries
+             WHERE hook_id = ?1 AND status = 'dead' AND created_at >= ?2",
+            params![hook_id, since],
+            |r| r.get(0),
+        )
+        .ctx("counting dead deliveries")?;
+    // Whole batches come back, so a retried request carries the same events as before.
+    conn.execute(
+        "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = ?3,
+                               updated_at = ?3
+         WHERE hook_id = ?1 AND status = 'dead' AND batch_id IN (
+             SELECT batch_id FROM deliveries
+             WHERE hook_id = ?1 AND status = 'dead' AND created_at >= ?2)",
+        params![hook_id, since, now],
+    )
+    .ctx("replaying dead deliveries")?;
+    if batches > 0 {
+        fx.reset.push(hook_id.to_string());
+    }
+    Ok(batches as u64)
+}
+
+/// `(id, tenant, patterns)` of every live hook, to build the fan-out index.
+pub(super) fn live_hook_patterns(
+    conn: &Connection,
+) -> Result<Vec<(String, String, Vec<String>)>, StoreError> {
+    let mut stmt = conn
+        .prepare("SELECT id, tenant, events FROM hooks WHERE deleted_at IS NULL")
+        .ctx("listing hooks")?;
+    let rows = stmt
+        .query_map([], |r| {
+            let events: String = r.get(2)?;
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                serde_json::from_str(&events).unwrap_or_default(),
+            ))
+        })
+        .ctx("listing hooks")?;
+    rows.collect::<Result<_, _>>().ctx("reading hooks")
+}

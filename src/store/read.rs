@@ -1,0 +1,332 @@
+//! Read-only queries, one connection per thread that reads. Every list is keyset
+//! paginated (`after`/`before` a cursor), never OFFSET.
+
+use rusqlite::{params, Connection, OptionalExtension, Row};
+
+use super::{Context, StoreError};
+use crate::clock::Millis;
+use crate::model::{
+    ApiKey, Attempt, Delivery, DeliveryStatus, Event, Hook, HookStatus, PayloadKind, Role,
+};
+
+pub(super) const HOOK_COLUMNS: &str = "id, tenant, target_url, events, payload, batch_max, \
+     status, secret, consecutive_failures, created_at, updated_at";
+
+pub(super) fn hook_from_row(r: &Row) -> rusqlite::Result<Hook> {
+    let events: String = r.get(3)?;
+    let payload: String = r.get(4)?;
+    let status: String = r.get(6)?;
+    Ok(Hook {
+        id: r.get(0)?,
+        tenant: r.get(1)?,
+        target_url: r.get(2)?,
+        events: serde_json::from_str(&events).unwrap_or_default(),
+        payload: PayloadKind::parse(&payload).unwrap_or(PayloadKind::Skinny),
+        batch_max: r.get(5)?,
+        status: HookStatus::parse(&status).unwrap_or(HookStatus::Pending),
+        secret: r.get(7)?,
+        consecutive_failures: r.get(8)?,
+        created_at: r.get(9)?,
+        updated_at: r.get(10)?,
+    })
+}
+
+const EVENT_COLUMNS: &str = "id, tenant, type, resource_id, data, created_at";
+
+fn event_from_row(r: &Row) -> rusqlite::Result<Event> {
+    Ok(Event {
+        id: r.get(0)?,
+        tenant: r.get(1)?,
+        event_type: r.get(2)?,
+        resource_id: r.get(3)?,
+        data: r.get(4)?,
+        created_at: r.get(5)?,
+    })
+}
+
+fn key_from_row(r: &Row) -> rusqlite::Result<ApiKey> {
+    let role: String = r.get(1)?;
+    Ok(ApiKey {
+        id: r.get(0)?,
+        role: Role::parse(&role).unwrap_or(Role::Subscriber),
+        tenant: r.get(2)?,
+        created_at: r.get(3)?,
+    })
+}
+
+/// A row of a hook's outbox, as the dispatcher needs it.
+#[derive(Debug, Clone)]
+pub struct OutboxRow {
+    pub id: String,
+    pub seq: i64,
+    pub event_id: String,
+    pub batch_id: Option<String>,
+    pub attempts: u32,
+    pub next_attempt_at: Option<Millis>,
+}
+
+fn outbox_from_row(r: &Row) -> rusqlite::Result<OutboxRow> {
+    Ok(OutboxRow {
+        id: r.get(0)?,
+        seq: r.get(1)?,
+        event_id: r.get(2)?,
+        batch_id: r.get(3)?,
+        attempts: r.get(4)?,
+        next_attempt_at: r.get(5)?,
+    })
+}
+
+pub struct Reader {
+    conn: Connection,
+}
+
+impl Reader {
+    pub(super) fn new(conn: Connection) -> Reader {
+        Reader { conn }
+    }
+
+    /// Answers when the database does.
+    pub fn ping(&self) -> Result<(), StoreError> {
+        self.conn
+            .query_row("SELECT 1", [], |_| Ok(()))
+            .ctx("pinging the database")
+    }
+
+    pub fn key_by_hash(&self, hash: &[u8]) -> Result<Option<ApiKey>, StoreError> {
+        self.conn
+            .prepare_cached(
+                "SELECT id, role, tenant, created_at FROM api_keys
+                 WHERE token_hash = ?1 AND revoked_at IS NULL",
+            )
+            .and_then(|mut s| s.query_row([hash], key_from_row).optional())
+            .ctx("looking up a token")
+    }
+
+    pub fn list_keys(&self, after: &str, limit: u32) -> Result<Vec<ApiKey>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT id, role, tenant, created_at FROM api_keys
+                 WHERE revoked_at IS NULL AND id > ?1 ORDER BY id LIMIT ?2",
+            )
+            .ctx("listing keys")?;
+        let rows = stmt
+            .query_map(params![after, limit], key_from_row)
+            .ctx("listing keys")?;
+        rows.collect::<Result<_, _>>().ctx("reading keys")
+    }
+
+    /// A live (not deleted) hook.
+    pub fn hook(&self, id: &str) -> Result<Option<Hook>, StoreError> {
+        let sql = format!("SELECT {HOOK_COLUMNS} FROM hooks WHERE id = ?1 AND deleted_at IS NULL");
+        self.conn
+            .prepare_cached(&sql)
+            .and_then(|mut s| s.query_row([id], hook_from_row).optional())
+            .ctx("loading a hook")
+    }
+
+    /// Live hooks, of one tenant or all, by id after the cursor.
+    pub fn list_hooks(
+        &self,
+        tenant: Option<&str>,
+        after: &str,
+        limit: u32,
+    ) -> Result<Vec<Hook>, StoreError> {
+        let sql = format!(
+            "SELECT {HOOK_COLUMNS} FROM hooks
+             WHERE deleted_at IS NULL AND (?1 IS NULL OR tenant = ?1) AND id > ?2
+             ORDER BY id LIMIT ?3"
+        );
+        let mut stmt = self.conn.prepare_cached(&sql).ctx("listing hooks")?;
+        let rows = stmt
+            .query_map(params![tenant, after, limit], hook_from_row)
+            .ctx("listing hooks")?;
+        rows.collect::<Result<_, _>>().ctx("reading hooks")
+    }
+
+    pub fn event(&self, id: &str) -> Result<Option<Event>, StoreError> {
+        let sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE id = ?1");
+        self.conn
+            .prepare_cached(&sql)
+            .and_then(|mut s| s.query_row([id], event_from_row).optional())
+            .ctx("loading an event")
+    }
+
+    /// Was the event routed to (queued for) a hook of `tenant`?
+    pub fn event_routed_to(&self, event_id: &str, tenant: &str) -> Result<bool, StoreError> {
+        self.conn
+            .prepare_cached(
+                "SELECT 1 FROM deliveries d JOIN hooks h ON h.id = d.hook_id
+                 WHERE d.event_id = ?1 AND h.tenant = ?2 LIMIT 1",
+            )
+            .and_then(|mut s| s.query_row(params![event_id, tenant], |_| Ok(())).optional())
+            .ctx("checking an event's deliveries")
+            .map(|o| o.is_some())
+    }
+
+    /// A tenant's events, newest first, before the cursor (an event id; "" for the
+    /// newest). `routed_only` keeps those that were queued for one of its hooks.
+    pub fn list_events(
+        &self,
+        tenant: &str,
+        event_type: Option<&str>,
+        before: &str,
+        limit: u32,
+        routed_only: bool,
+    ) -> Result<Vec<Event>, StoreError> {
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS} FROM events e
+             WHERE tenant = ?1 AND (?2 IS NULL OR type = ?2) AND (?3 = '' OR id < ?3)
+               AND (?4 = 0 OR EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id))
+             ORDER BY id DESC LIMIT ?5"
+        );
+        let mut stmt = self.conn.prepare_cached(&sql).ctx("listing events")?;
+        let rows = stmt
+            .query_map(
+                params![tenant, event_type, before, routed_only, limit],
+                event_from_row,
+            )
+            .ctx("listing events")?;
+        rows.collect::<Result<_, _>>().ctx("reading events")
+    }
+
+    pub fn events_by_ids(&self, ids: &[String]) -> Result<Vec<Event>, StoreError> {
+        let sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE id = ?1");
+        let mut stmt = self.conn.prepare_cached(&sql).ctx("loading events")?;
+        ids.iter()
+            .map(|id| stmt.query_row([id], event_from_row).ctx("loading an event"))
+            .collect()
+    }
+
+    /// A hook's delivery log, newest first, before sequence `before` (0: from the newest).
+    pub fn deliveries(
+        &self,
+        hook_id: &str,
+        status: Option<DeliveryStatus>,
+        before: i64,
+        limit: u32,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT id, seq, status, next_attempt_at, created_at, batch_id, event_id
+                 FROM deliveries
+                 WHERE hook_id = ?1 AND (batch_id IS NULL OR batch_id = id)
+                   AND (?2 IS NULL OR status = ?2) AND (?3 = 0 OR seq < ?3)
+                 ORDER BY seq DESC LIMIT ?4",
+            )
+            .ctx("listing deliveries")?;
+        let heads = stmt
+            .query_map(
+                params![hook_id, status.map(|s| s.as_str()), before, limit],
+                |r| {
+                    let status: String = r.get(2)?;
+                    let batch: Option<String> = r.get(5)?;
+                    Ok((
+                        Delivery {
+                            id: r.get(0)?,
+                            hook_id: hook_id.to_string(),
+                            event_ids: vec![r.get(6)?],
+                            sequence: r.get(1)?,
+                            status: DeliveryStatus::parse(&status)
+                                .unwrap_or(DeliveryStatus::Pending),
+                            attempts: Vec::new(),
+                            next_attempt_at: r.get(3)?,
+                            created_at: r.get(4)?,
+                        },
+                        batch.is_some(),
+                    ))
+                },
+            )
+            .ctx("listing deliveries")?
+            .collect::<Result<Vec<_>, _>>()
+            .ctx("reading deliveries")?;
+        heads
+            .into_iter()
+            .map(|(mut d, batched)| {
+                if batched {
+                    d.event_ids = self.batch_event_ids(&d.id)?;
+                }
+                d.attempts = self.attempts(&d.id)?;
+                Ok(d)
+            })
+            .collect()
+    }
+
+    fn batch_event_ids(&self, batch_id: &str) -> Result<Vec<String>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT event_id FROM deliveries WHERE batch_id = ?1 ORDER BY seq")
+            .ctx("listing a batch")?;
+        let rows = stmt
+            .query_map([batch_id], |r| r.get(0))
+            .ctx("listing a batch")?;
+        rows.collect::<Result<_, _>>().ctx("reading a batch")
+    }
+
+    fn attempts(&self, delivery_id: &str) -> Result<Vec<Attempt>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT at, status_code, error, duration_ms, response_snippet FROM attempts
+                 WHERE delivery_id = ?1 ORDER BY id",
+            )
+            .ctx("listing attempts")?;
+        let rows = stmt
+            .query_map([delivery_id], |r| {
+                Ok(Attempt {
+                    at: r.get(0)?,
+                    status_code: r.get(1)?,
+                    error: r.get(2)?,
+                    duration_ms: r.get(3)?,
+                    response_snippet: r.get(4)?,
+                })
+            })
+            .ctx("listing attempts")?;
+        rows.collect::<Result<_, _>>().ctx("reading attempts")
+    }
+
+    /// The hook's oldest undelivered rows, in sequence order.
+    pub fn open_rows(&self, hook_id: &str, limit: u32) -> Result<Vec<OutboxRow>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT id, seq, event_id, batch_id, attempts, next_attempt_at FROM deliveries
+                 WHERE hook_id = ?1 AND status IN ('pending', 'failed')
+                 ORDER BY seq LIMIT ?2",
+            )
+            .ctx("reading a hook's queue")?;
+        let rows = stmt
+            .query_map(params![hook_id, limit], outbox_from_row)
+            .ctx("reading a hook's queue")?;
+        rows.collect::<Result<_, _>>().ctx("reading a hook's queue")
+    }
+
+    /// The still-open rows of one batch, in sequence order.
+    pub fn batch_rows(&self, batch_id: &str) -> Result<Vec<OutboxRow>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT id, seq, event_id, batch_id, attempts, next_attempt_at FROM deliveries
+                 WHERE batch_id = ?1 AND status IN ('pending', 'failed') ORDER BY seq",
+            )
+            .ctx("reading a batch")?;
+        let rows = stmt
+            .query_map([batch_id], outbox_from_row)
+            .ctx("reading a batch")?;
+        rows.collect::<Result<_, _>>().ctx("reading a batch")
+    }
+
+    /// Every hook with undelivered rows: the scheduler's starting point.
+    pub fn hooks_with_open_work(&self) -> Result<Vec<String>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT DISTINCT hook_id FROM deliveries INDEXED BY deliveries_open
+                 WHERE status IN ('pending', 'failed')",
+            )
+            .ctx("finding queued work")?;
+        let rows = stmt.query_map([], |r| r.get(0)).ctx("finding queued work")?;
+        rows.collect::<Result<_, _>>().ctx("finding queued work")
+    }
+}

@@ -1,0 +1,255 @@
+//! The writer thread: the one connection that writes. It takes every request waiting in
+//! its queue, applies each inside its own savepoint of one transaction, commits once
+//! (one fsync for all of them: group commit), and only then answers each request. An
+//! answer therefore always means "on disk".
+//!
+//! It also owns the fan-out index (hook patterns per tenant), because every hook change
+//! and every publish passes through here: the index is exactly what was committed.
+
+use std::collections::HashMap;
+
+use crossbeam_channel::{Receiver, Sender};
+use rusqlite::{Connection, TransactionBehavior};
+
+use super::{ops, AttemptRecord, Context, HookPatch, NewEvent, NewHook, StoreError};
+use crate::clock::Millis;
+use crate::model::{ApiKey, Hook, Role};
+use crate::patterns::TenantIndex;
+
+/// Most requests folded into one transaction; bounds the time one commit holds answers.
+const MAX_GROUP: usize = 512;
+
+/// One write, sent by an API handler or a dispatcher.
+#[derive(Debug)]
+pub enum WriteOp {
+    CreateKey {
+        token_hash: Vec<u8>,
+        role: Role,
+        tenant: Option<String>,
+    },
+    RevokeKey {
+        id: String,
+    },
+    CreateHook(NewHook),
+    /// `scope`: the subscriber's tenant; a hook outside it is `NotFound`.
+    UpdateHook {
+        id: String,
+        scope: Option<String>,
+        patch: HookPatch,
+    },
+    DeleteHook {
+        id: String,
+        scope: Option<String>,
+    },
+    ActivateHook {
+        id: String,
+        scope: Option<String>,
+    },
+    /// One or many events in one transaction. `array` shapes the response body;
+    /// `request_key` is the `Idempotency-Key` header with the hash of the request body.
+    Publish {
+        events: Vec<NewEvent>,
+        array: bool,
+        request_key: Option<(String, Vec<u8>)>,
+    },
+    /// Gives never-sent rows `ids` the batch id `batch_id` before they go out together.
+    ClaimBatch {
+        batch_id: String,
+        ids: Vec<String>,
+    },
+    RecordAttempt {
+        record: AttemptRecord,
+        disable_after: u32,
+    },
+    RetryDelivery {
+        id: String,
+        scope: Option<String>,
+    },
+    Replay {
+        hook_id: String,
+        scope: Option<String>,
+        since: Millis,
+    },
+}
+
+#[derive(Debug)]
+pub enum WriteOutput {
+    Key(ApiKey),
+    Hook(Hook),
+    /// The response body of a publish, and whether it is a stored repeat.
+    Published { body: String },
+    Count(u64),
+    /// After an attempt: when the hook's next delivery is due, if it has one and may send.
+    Next(Option<Millis>),
+    Done,
+}
+
+/// What the scheduler is told after a commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Wakeup {
+    /// New deliveries were queued for these hooks.
+    NewWork(Vec<String>),
+    /// These hooks' queues changed in a way that may make something due now
+    /// (activate, manual retry, replay).
+    Reset(Vec<String>),
+}
+
+pub struct Request {
+    pub op: WriteOp,
+    pub reply: Sender<Result<WriteOutput, StoreError>>,
+}
+
+/// Side effects of an applied op, carried out only once the transaction commits.
+#[derive(Default)]
+pub(super) struct Effects {
+    pub index: Vec<IndexChange>,
+    pub new_work: Vec<String>,
+    pub reset: Vec<String>,
+}
+
+pub(super) enum IndexChange {
+    Upsert {
+        tenant: String,
+        hook_id: String,
+        patterns: Vec<String>,
+    },
+    Remove {
+        tenant: String,
+        hook_id: String,
+    },
+}
+
+/// Hook patterns by tenant, for fan-out without scanning every hook.
+#[derive(Default)]
+pub(super) struct FanoutIndex {
+    tenants: HashMap<String, TenantIndex<String>>,
+}
+
+impl FanoutIndex {
+    fn load(conn: &Connection) -> Result<FanoutIndex, StoreError> {
+        let mut index = FanoutIndex::default();
+        for (id, tenant, patterns) in ops::live_hook_patterns(conn)? {
+            index.apply(IndexChange::Upsert {
+                tenant,
+                hook_id: id,
+                patterns,
+            });
+        }
+        Ok(index)
+    }
+
+    fn apply(&mut self, change: IndexChange) {
+        match change {
+            IndexChange::Upsert {
+                tenant,
+                hook_id,
+                patterns,
+            } => {
+                let t = self.tenants.entry(tenant).or_default();
+                t.remove(&hook_id);
+                t.insert(hook_id, &patterns);
+            }
+            IndexChange::Remove { tenant, hook_id } => {
+                if let Some(t) = self.tenants.get_mut(&tenant) {
+                    t.remove(&hook_id);
+                    if t.is_empty() {
+                        self.tenants.remove(&tenant);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Candidate hooks for an event; the publish re-checks each hook's state in SQL.
+    pub fn matching(&self, tenant: &str, event_type: &str) -> Vec<String> {
+        self.tenants
+            .get(tenant)
+            .map(|t| t.matching(event_type))
+            .unwrap_or_default()
+    }
+}
+
+/// Runs until every `Store` handle is dropped and the queue is empty.
+pub fn run(mut conn: Connection, requests: Receiver<Request>, wakeups: Sender<Wakeup>) {
+    let mut index = match FanoutIndex::load(&conn) {
+        Ok(i) => i,
+        Err(e) => {
+            log::error!("writer: cannot load hooks: {e}");
+            return;
+        }
+    };
+    let mut group: Vec<Request> = Vec::with_capacity(MAX_GROUP);
+    while let Ok(first) = requests.recv() {
+        group.push(first);
+        while group.len() < MAX_GROUP {
+            match requests.try_recv() {
+                Ok(r) => group.push(r),
+                Err(_) => break,
+            }
+        }
+        commit_group(&mut conn, &mut index, &mut group, &wakeups);
+    }
+    log::debug!("writer: queue closed, stopping");
+}
+
+fn commit_group(
+    conn: &mut Connection,
+    index: &mut FanoutIndex,
+    group: &mut Vec<Request>,
+    wakeups: &Sender<Wakeup>,
+) {
+    let mut replies = Vec::with_capacity(group.len());
+    let mut results = Vec::with_capacity(group.len());
+    let mut effects = Effects::default();
+    let outcome = (|| -> Result<(), StoreError> {
+        let mut tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .ctx("starting a write transaction")?;
+        for Request { op, reply } in group.drain(..) {
+            replies.push(reply);
+            // Each op in its own savepoint: one failing op (a conflict, a constraint)
+            // is rolled back alone and the others still commit.
+            let mut sp = tx.savepoint().ctx("opening a savepoint")?;
+            let mut op_effects = Effects::default();
+            let result = ops::apply(&sp, index, op, &mut op_effects);
+            if result.is_ok() {
+                sp.commit().ctx("releasing a savepoint")?;
+                effects.index.append(&mut op_effects.index);
+                effects.new_work.append(&mut op_effects.new_work);
+                effects.reset.append(&mut op_effects.reset);
+            } else {
+                sp.rollback().ctx("rolling back a savepoint")?;
+            }
+            results.push(result);
+        }
+        tx.commit().ctx("committing")
+    })();
+    match outcome {
+        Ok(()) => {
+            for change in effects.index {
+                index.apply(change);
+            }
+            for (reply, result) in replies.into_iter().zip(results) {
+                let _ = reply.send(result);
+            }
+            if !effects.new_work.is_empty() {
+                let _ = wakeups.send(Wakeup::NewWork(effects.new_work));
+            }
+            if !effects.reset.is_empty() {
+                let _ = wakeups.send(Wakeup::Reset(effects.reset));
+            }
+        }
+        Err(e) => {
+            // Nothing in the group is committed: every caller hears so (the requests
+            // not reached yet included), and the index is rebuilt from what is on disk.
+            log::error!("writer: {e}");
+            for reply in replies.into_iter().chain(group.drain(..).map(|r| r.reply)) {
+                let _ = reply.send(Err(StoreError::Busy));
+            }
+            match FanoutIndex::load(conn) {
+                Ok(i) => *index = i,
+                Err(e) => log::error!("writer: cannot reload hooks: {e}"),
+            }
+        }
+    }
+}

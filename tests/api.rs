@@ -1,0 +1,402 @@
+//! The API's edges: keys and roles, tenant isolation, and bad input of every kind,
+//! after which the server must still serve and keep its data.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+
+#[test]
+fn keys_are_shown_once_and_revoked_at_once() {
+    let hookd = Hookd::start();
+    let created = hookd
+        .post(
+            &hookd.admin,
+            "/v1/keys",
+            &json!({"role": "subscriber", "tenant": "acme"}),
+        )
+        .expect(201);
+    assert_eq!(created["role"], "subscriber");
+    assert_eq!(created["tenant"], "acme");
+    let id = created["id"].as_str().unwrap();
+    let token = created["token"].as_str().unwrap();
+    assert!(id.starts_with("key_"));
+    hookd.get(token, "/v1/hooks").expect(200);
+
+    let list = hookd.get(&hookd.admin, "/v1/keys").expect(200);
+    let listed = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["id"] == id)
+        .unwrap_or_else(|| panic!("new key not listed: {list}"))
+        .clone();
+    assert!(
+        listed.get("token").is_none(),
+        "key list shows the token: {listed}"
+    );
+    assert!(
+        !list.to_string().contains(token),
+        "the token appears in the key list"
+    );
+
+    let msg = hookd
+        .post(&hookd.admin, "/v1/keys", &json!({"role": "subscriber"}))
+        .expect_error(400, "invalid_field");
+    assert!(
+        msg.contains("tenant"),
+        "message does not name `tenant`: {msg}"
+    );
+
+    let r = hookd.delete(&hookd.admin, &format!("/v1/keys/{id}"));
+    assert_eq!(r.status, 204, "revoke: {r}");
+    hookd
+        .get(token, "/v1/hooks")
+        .expect_error(401, "unauthorized");
+}
+
+#[test]
+fn publisher_publishes_and_reads_but_cannot_manage_hooks_or_keys() {
+    let hookd = Hookd::start();
+    let sink = Sink::start();
+    let hook = hookd.hook(&sink.url("/pub"), "p.*");
+    let publisher = hookd.key("publisher", None);
+    let r = hookd
+        .post(
+            &publisher.token,
+            "/v1/events",
+            &json!({"type": "p.x", "tenant": "acme"}),
+        )
+        .expect(202);
+    assert!(r["id"].as_str().unwrap().starts_with("evt_"));
+    let id = hookd.publish("p.y", "1", json!({"k": 1}));
+    hookd
+        .get(&publisher.token, &format!("/v1/events/{id}"))
+        .expect(200);
+    hookd.get(&publisher.token, "/v1/hooks").expect(200);
+    hookd
+        .get(
+            &publisher.token,
+            &format!("/v1/hooks/{}/deliveries", hook.id),
+        )
+        .expect(200);
+
+    let denied = [
+        hookd.post(
+            &publisher.token,
+            "/v1/hooks",
+            &json!({"target_url": sink.url("/x"), "event": "p.*"}),
+        ),
+        hookd.patch(
+            &publisher.token,
+            &format!("/v1/hooks/{}", hook.id),
+            &json!({"payload": "full"}),
+        ),
+        hookd.delete(&publisher.token, &format!("/v1/hooks/{}", hook.id)),
+        hookd.get(&publisher.token, "/v1/keys"),
+        hookd.post(&publisher.token, "/v1/keys", &json!({"role": "admin"})),
+    ];
+    for r in &denied {
+        r.expect_error(403, "forbidden");
+    }
+    hookd
+        .get(&hookd.admin, &format!("/v1/hooks/{}", hook.id))
+        .expect(200);
+}
+
+#[test]
+fn subscriber_keys_see_only_their_own_tenant() {
+    let hookd = Hookd::start();
+    let sink = Sink::start();
+    let acme = hookd.key("subscriber", Some("acme"));
+    let globex = hookd.key("subscriber", Some("globex"));
+    let mine = hookd.create_hook_as(
+        &acme.token,
+        json!({"target_url": sink.url("/acme"), "event": "t.*"}),
+    );
+    assert_eq!(mine.body["tenant"], "acme", "tenant comes from the key");
+    let theirs = hookd.create_hook_as(
+        &globex.token,
+        json!({"target_url": sink.url("/globex"), "event": "t.*"}),
+    );
+    assert_eq!(theirs.body["tenant"], "globex");
+
+    let pub_ = |tenant: &str| {
+        hookd.publish_json(json!({"type": "t.x", "tenant": tenant, "data": {"t": tenant}}))["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let acme_event = pub_("acme");
+    let globex_event = pub_("globex");
+    sink.wait_for(2);
+    assert_eq!(
+        sink.requests_to("/acme").len(),
+        1,
+        "acme got another tenant's event"
+    );
+    assert_eq!(
+        sink.requests_to("/acme")[0].json()["event_id"],
+        acme_event.as_str()
+    );
+
+    // Another tenant's ids answer exactly as ids that do not exist.
+    let t = &acme.token;
+    let h = format!("/v1/hooks/{}", theirs.id);
+    let not_found = [
+        hookd.get(t, &h),
+        hookd.patch(t, &h, &json!({"payload": "full"})),
+        hookd.delete(t, &h),
+        hookd.get(t, &format!("{h}/deliveries")),
+        hookd.post_empty(t, &format!("{h}/activate")),
+        hookd.get(t, &format!("/v1/events/{globex_event}")),
+        hookd.get(t, "/v1/hooks/hook_doesnotexist"),
+    ];
+    for r in &not_found {
+        r.expect_error(404, "not_found");
+    }
+    let theirs_now = hookd.get(&hookd.admin, &h).expect(200);
+    assert_eq!(
+        theirs_now["payload"], "skinny",
+        "acme's PATCH changed globex's hook"
+    );
+
+    let list = hookd.get(t, "/v1/hooks").expect(200);
+    let ids: Vec<&Value> = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| &h["id"])
+        .collect();
+    assert_eq!(ids, [&json!(mine.id)], "acme's hook list");
+
+    // Its own delivered event it may fetch, with data; the list holds only its tenant's.
+    let ev = hookd
+        .get(t, &format!("/v1/events/{acme_event}"))
+        .expect(200);
+    assert_eq!(ev["data"], json!({"t": "acme"}));
+    let events = hookd.get(t, "/v1/events?type=t.x").expect(200);
+    let ids: Vec<&Value> = events["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| &e["event_id"])
+        .collect();
+    assert_eq!(ids, [&json!(acme_event)], "acme's event list");
+
+    hookd
+        .post(t, "/v1/events", &json!({"type": "t.x", "tenant": "acme"}))
+        .expect_error(403, "forbidden");
+    hookd.get(t, "/v1/keys").expect_error(403, "forbidden");
+
+    let r = hookd.delete(&hookd.admin, &format!("/v1/keys/{}", acme.id));
+    assert_eq!(r.status, 204);
+    hookd.get(t, "/v1/hooks").expect_error(401, "unauthorized");
+    hookd
+        .get(t, &format!("/v1/hooks/{}", mine.id))
+        .expect_error(401, "unauthorized");
+}
+
+/// One bad request and the error it must get.
+struct Bad {
+    req: Raw,
+    status: u16,
+    code: &'static str,
+    /// The field the message must name.
+    field: Option<&'static str>,
+}
+
+fn bad(req: Raw, status: u16, code: &'static str, field: Option<&'static str>) -> Bad {
+    Bad {
+        req,
+        status,
+        code,
+        field,
+    }
+}
+
+#[test]
+fn bad_input_gets_a_json_error_and_the_server_carries_on() {
+    let hookd = Hookd::start();
+    let sink = Sink::start();
+    let hook = hookd.hook(&sink.url("/still"), "still.*");
+    let a = hookd.admin.clone();
+    let events = || Raw::post("/v1/events").auth(&a);
+    let hooks = || Raw::post("/v1/hooks").auth(&a);
+    let target = sink.url("/x");
+    let hook_with = |extra: &str| format!(r#"{{"target_url": "{target}", "event": "x", {extra}}}"#);
+    let two_mib = format!(r#"{{"type": "big", "data": "{}"}}"#, "a".repeat(2 << 20));
+
+    let cases = [
+        bad(events().json(r#"{"type": "#), 400, "invalid_json", None),
+        bad(events().json("not json"), 400, "invalid_json", None),
+        bad(events().json("{}"), 400, "invalid_field", Some("type")),
+        bad(
+            events().json(r#"{"type": 7}"#),
+            400,
+            "invalid_field",
+            Some("type"),
+        ),
+        bad(
+            events().json(r#"{"type": ""}"#),
+            400,
+            "invalid_field",
+            Some("type"),
+        ),
+        bad(
+            events().json(r#"{"type": "a", "resource_id": 5}"#),
+            400,
+            "invalid_field",
+            Some("resource_id"),
+        ),
+        bad(events().json("[]"), 400, "invalid_field", None),
+        bad(
+            hooks().json(r#"{"event": "x"}"#),
+            400,
+            "invalid_field",
+            Some("target_url"),
+        ),
+        bad(
+            hooks().json(r#"{"target_url": "not a url", "event": "x"}"#),
+            400,
+            "invalid_field",
+            Some("target_url"),
+        ),
+        bad(
+            hooks().json(r#"{"target_url": "ftp://127.0.0.1/x", "event": "x"}"#),
+            400,
+            "invalid_field",
+            Some("target_url"),
+        ),
+        bad(
+            hooks().json(r#"{"target_url": "http://u:p@127.0.0.1/x", "event": "x"}"#),
+            400,
+            "invalid_field",
+            Some("target_url"),
+        ),
+        bad(
+            hooks().json(hook_with(r#""batch_max": "x""#)),
+            400,
+            "invalid_field",
+            Some("batch_max"),
+        ),
+        bad(
+            hooks().json(hook_with(r#""batch_max": 0"#)),
+            400,
+            "invalid_field",
+            Some("batch_max"),
+        ),
+        bad(
+            hooks().json(hook_with(r#""batch_max": 1001"#)),
+            400,
+            "invalid_field",
+            Some("batch_max"),
+        ),
+        bad(
+            hooks().json(hook_with(r#""payload": "huge""#)),
+            400,
+            "invalid_field",
+            Some("payload"),
+        ),
+        bad(
+            Raw::new("PATCH", &format!("/v1/hooks/{}", hook.id))
+                .auth(&a)
+                .json(r#"{"batch_max": "x"}"#),
+            400,
+            "invalid_field",
+            Some("batch_max"),
+        ),
+        bad(
+            Raw::get("/v1/hooks?limit=abc").auth(&a),
+            400,
+            "invalid_field",
+            Some("limit"),
+        ),
+        bad(
+            events().body("text/plain", r#"{"type": "a"}"#),
+            415,
+            "unsupported_media_type",
+            None,
+        ),
+        bad(
+            hooks().body("application/x-www-form-urlencoded", "target_url=x&event=y"),
+            415,
+            "unsupported_media_type",
+            None,
+        ),
+        bad(events().json(two_mib), 413, "payload_too_large", None),
+        bad(
+            events().json("{}").declared_length(1_000_000_000_000),
+            413,
+            "payload_too_large",
+            None,
+        ),
+        bad(
+            Raw::get("/v1/nothing-here").auth(&a),
+            404,
+            "not_found",
+            None,
+        ),
+        bad(Raw::get("/nothing-here").auth(&a), 404, "not_found", None),
+        bad(
+            Raw::new("DELETE", "/v1/events").auth(&a),
+            405,
+            "method_not_allowed",
+            None,
+        ),
+        bad(
+            Raw::new("PUT", "/v1/hooks").auth(&a).json("{}"),
+            405,
+            "method_not_allowed",
+            None,
+        ),
+        bad(Raw::get("/v1/hooks"), 401, "unauthorized", None),
+        bad(
+            Raw::get("/v1/hooks").auth("no-such-token"),
+            401,
+            "unauthorized",
+            None,
+        ),
+        bad(
+            Raw::get("/v1/hooks").header("Authorization", &format!("Basic {a}")),
+            401,
+            "unauthorized",
+            None,
+        ),
+        bad(
+            Raw::post("/v1/events").json(r#"{"type": "a"}"#),
+            401,
+            "unauthorized",
+            None,
+        ),
+    ];
+
+    for case in &cases {
+        let r = hookd.raw(&case.req);
+        let msg = r.expect_error(case.status, case.code);
+        if let Some(field) = case.field {
+            assert!(
+                msg.contains(field),
+                "{r}: the message does not name `{field}`"
+            );
+        }
+        hookd.assert_healthy();
+        let listed = hookd.get(&hookd.admin, "/v1/hooks").expect(200);
+        assert_eq!(
+            listed["data"].as_array().map(Vec::len),
+            Some(1),
+            "after {r}: hook list {listed}"
+        );
+    }
+
+    // A charset parameter is still JSON.
+    let ok = hookd.raw(&events().body(
+        "application/json; charset=utf-8",
+        r#"{"type": "still.ok", "resource_id": "1"}"#,
+    ));
+    assert_eq!(ok.status, 202, "{ok}");
+    let later = hookd.publish("still.later", "2", json!(null));
+    let delivered = sink.wait_delivered(2);
+    assert_eq!(delivered[1]["event_id"], later.as_str());
+    assert_eq!(sink.count(), 2, "a rejected request was delivered");
+}
