@@ -2,6 +2,13 @@
 -- migrations in src/store/mod.rs, keyed on PRAGMA user_version. Times are unix
 -- milliseconds; ids are prefixed, time-ordered text (see src/ids.rs).
 
+-- Facts about this database, e.g. a value sealed with the key file, so that a wrong
+-- key file is a clear start-up error rather than undecryptable hooks later.
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+
 -- API keys. Only the SHA-256 of a token is kept; the token is shown once.
 CREATE TABLE api_keys (
     id          TEXT PRIMARY KEY,
@@ -22,7 +29,11 @@ CREATE TABLE hooks (
     payload              TEXT NOT NULL CHECK (payload IN ('skinny', 'full')),
     batch_max            INTEGER NOT NULL CHECK (batch_max BETWEEN 1 AND 1000),
     status               TEXT NOT NULL CHECK (status IN ('pending', 'active', 'inactive')),
-    secret               TEXT NOT NULL,
+    secret               TEXT NOT NULL,   -- sealed with the key file (src/secrets.rs)
+    previous_secret      TEXT,            -- sealed; still signs until previous_until
+    previous_until       INTEGER,
+    pending_target_url   TEXT,            -- a new URL waiting for its handshake
+    verify_code_hash     BLOB,            -- SHA-256 of the outstanding handshake code
     last_seq             INTEGER NOT NULL DEFAULT 0,  -- the sequence given to its last event
     consecutive_failures INTEGER NOT NULL DEFAULT 0,
     created_at           INTEGER NOT NULL,

@@ -19,7 +19,9 @@ pub fn now_ms() -> Millis {
 pub fn rfc3339(ms: Millis) -> String {
     let nanos = i128::from(ms) * 1_000_000;
     let t = OffsetDateTime::from_unix_timestamp_nanos(nanos).unwrap_or(OffsetDateTime::UNIX_EPOCH);
-    let t = t.replace_nanosecond((ms.rem_euclid(1000) as u32) * 1_000_000).unwrap_or(t);
+    let t = t
+        .replace_nanosecond((ms.rem_euclid(1000) as u32) * 1_000_000)
+        .unwrap_or(t);
     t.format(&Rfc3339).unwrap_or_default()
 }
 
@@ -38,7 +40,10 @@ mod tests {
         let s = rfc3339(1_614_265_330_123);
         assert_eq!(s, "2021-02-25T15:02:10.123Z");
         assert_eq!(parse_rfc3339(&s), Some(1_614_265_330_123));
-        assert_eq!(parse_rfc3339("2021-02-25T16:02:10+01:00"), Some(1_614_265_330_000));
+        assert_eq!(
+            parse_rfc3339("2021-02-25T16:02:10+01:00"),
+            Some(1_614_265_330_000)
+        );
         assert_eq!(parse_rfc3339("yesterday"), None);
     }
 }

@@ -35,7 +35,12 @@ pub struct ServeArgs {
     #[arg(long, env = "HOOKD_HANDLERS", default_value_t = 8)]
     pub handlers: usize,
     /// Allow targets on loopback and private networks.
-    #[arg(long, env = "HOOKD_ALLOW_PRIVATE_TARGETS")]
+    #[arg(
+        long,
+        env = "HOOKD_ALLOW_PRIVATE_TARGETS",
+        action = clap::ArgAction::SetTrue,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
     pub allow_private_targets: bool,
     /// Delays before each retry, comma separated (`ms`, `s`, `m`, `h`).
     #[arg(
@@ -53,6 +58,32 @@ pub struct ServeArgs {
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "HOOKD_MAX_BODY", default_value_t = 1024 * 1024)]
     pub max_body: usize,
+    /// Open one private network to targets (CIDR); repeatable.
+    #[arg(
+        long = "allow-target-net",
+        env = "HOOKD_ALLOW_TARGET_NETS",
+        value_delimiter = ','
+    )]
+    pub allow_target_nets: Vec<String>,
+    /// Receiver platforms that cannot answer a handshake: hooks to these hosts (and
+    /// their subdomains) are active at once.
+    #[arg(long, env = "HOOKD_TRUST_TARGET_HOSTS", value_delimiter = ',')]
+    pub trust_target_hosts: Vec<String>,
+    /// Fixed address for a host name, `HOST=IP` (like curl's --resolve); repeatable.
+    #[arg(long = "resolve", env = "HOOKD_RESOLVE", value_delimiter = ',')]
+    pub resolve: Vec<String>,
+    /// Key file sealing hook secrets [default: hookd.key beside the database].
+    #[arg(long, env = "HOOKD_SECRETS_KEY_FILE")]
+    pub secrets_key_file: Option<PathBuf>,
+    /// Requests per second allowed per API key (token bucket; 0 = unlimited).
+    #[arg(long, env = "HOOKD_RATE_LIMIT", default_value_t = 5000)]
+    pub rate_limit: u32,
+    /// Most live hooks one tenant may hold.
+    #[arg(long, env = "HOOKD_MAX_HOOKS_PER_TENANT", default_value_t = 1000)]
+    pub max_hooks_per_tenant: u32,
+    /// A client connection that sends nothing for this long is closed.
+    #[arg(long, env = "HOOKD_READ_TIMEOUT", default_value = "10s")]
+    pub read_timeout: String,
 }
 
 /// Everything `serve` needs, validated.
@@ -70,6 +101,13 @@ pub struct Config {
     pub max_body: usize,
     /// `HOOKD_ADMIN_TOKEN`: when set, this token is an admin key.
     pub admin_token: Option<String>,
+    /// Which delivery targets are allowed.
+    pub target_policy: crate::target::Policy,
+    pub trust_target_hosts: Vec<String>,
+    pub secrets_key_file: PathBuf,
+    pub rate_limit: u32,
+    pub max_hooks_per_tenant: u32,
+    pub read_timeout: Duration,
 }
 
 #[derive(Debug)]
@@ -101,6 +139,42 @@ impl ServeArgs {
         if self.max_body < 1024 {
             return Err(ConfigError("--max-body must be at least 1024".into()));
         }
+        let read_timeout = parse_duration(&self.read_timeout)
+            .map_err(|e| ConfigError(format!("--read-timeout: {e}")))?;
+        if read_timeout.is_zero() {
+            return Err(ConfigError("--read-timeout must be above 0".into()));
+        }
+        let mut target_policy = crate::target::Policy {
+            allow_private: self.allow_private_targets,
+            ..Default::default()
+        };
+        for net in &self.allow_target_nets {
+            target_policy.allowed_nets.push(
+                net.trim()
+                    .parse()
+                    .map_err(|e| ConfigError(format!("--allow-target-net `{net}`: {e}")))?,
+            );
+        }
+        for entry in &self.resolve {
+            let (host, ip) = entry
+                .split_once('=')
+                .ok_or_else(|| ConfigError(format!("--resolve `{entry}`: use HOST=IP")))?;
+            let ip = ip
+                .trim()
+                .parse()
+                .map_err(|e| ConfigError(format!("--resolve `{entry}`: {e}")))?;
+            target_policy
+                .overrides
+                .entry(host.trim().trim_end_matches('.').to_ascii_lowercase())
+                .or_default()
+                .push(ip);
+        }
+        let secrets_key_file = self.secrets_key_file.clone().unwrap_or_else(|| {
+            self.db
+                .parent()
+                .map(|p| p.join("hookd.key"))
+                .unwrap_or_else(|| PathBuf::from("hookd.key"))
+        });
         let admin_token = std::env::var("HOOKD_ADMIN_TOKEN")
             .ok()
             .filter(|t| !t.is_empty());
@@ -115,6 +189,17 @@ impl ServeArgs {
             disable_after: self.disable_after,
             max_body: self.max_body,
             admin_token,
+            target_policy,
+            trust_target_hosts: self
+                .trust_target_hosts
+                .iter()
+                .map(|h| h.trim().to_string())
+                .filter(|h| !h.is_empty())
+                .collect(),
+            secrets_key_file,
+            rate_limit: self.rate_limit,
+            max_hooks_per_tenant: self.max_hooks_per_tenant,
+            read_timeout,
         })
     }
 }
@@ -124,7 +209,9 @@ pub fn parse_schedule(s: &str) -> Result<Vec<Duration>, String> {
     if s.trim().is_empty() {
         return Ok(Vec::new());
     }
-    s.split(',').map(|part| parse_duration(part.trim())).collect()
+    s.split(',')
+        .map(|part| parse_duration(part.trim()))
+        .collect()
 }
 
 /// `"250ms"`, `"5s"`, `"2m"`, `"1h"` → a duration.
@@ -156,7 +243,10 @@ mod tests {
         assert_eq!(s.len(), 10);
         assert_eq!(s[2], Duration::from_secs(120));
         assert_eq!(s[9], Duration::from_secs(86_400));
-        assert_eq!(parse_schedule("100ms").unwrap(), vec![Duration::from_millis(100)]);
+        assert_eq!(
+            parse_schedule("100ms").unwrap(),
+            vec![Duration::from_millis(100)]
+        );
         assert!(parse_schedule("").unwrap().is_empty());
     }
 

@@ -16,6 +16,8 @@ pub mod model;
 pub mod patterns;
 pub mod payload;
 pub mod retry;
+pub mod secrets;
 pub mod server;
 pub mod sign;
 pub mod store;
+pub mod target;

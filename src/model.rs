@@ -71,11 +71,29 @@ pub struct Hook {
     pub payload: PayloadKind,
     pub batch_max: u32,
     pub status: HookStatus,
-    /// `whsec_…`; needed in the clear to sign.
+    /// `whsec_…`; needed in the clear to sign (sealed at rest).
     pub secret: String,
+    /// The secret before the last rotation, and until when it still signs.
+    pub previous_secret: Option<(String, Millis)>,
+    /// A new target URL waiting for its handshake; the old one receives meanwhile.
+    pub pending_target_url: Option<String>,
     pub consecutive_failures: u32,
     pub created_at: Millis,
     pub updated_at: Millis,
+}
+
+impl Hook {
+    /// The secrets that sign a delivery at `now`: the current one, and the previous
+    /// one during the 24 hours after a rotation.
+    pub fn signing_secrets(&self, now: Millis) -> Vec<&str> {
+        let mut out = vec![self.secret.as_str()];
+        if let Some((previous, until)) = &self.previous_secret {
+            if *until > now {
+                out.push(previous);
+            }
+        }
+        out
+    }
 }
 
 #[derive(Debug, Clone)]

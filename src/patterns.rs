@@ -78,7 +78,10 @@ impl<H: Clone + Eq + std::hash::Hash> TenantIndex<H> {
             if p == "*" {
                 self.any.push(hook.clone());
             } else if let Some(prefix) = p.strip_suffix('*') {
-                self.prefix.entry(prefix.to_string()).or_default().push(hook.clone());
+                self.prefix
+                    .entry(prefix.to_string())
+                    .or_default()
+                    .push(hook.clone());
             } else {
                 self.exact.entry(p.clone()).or_default().push(hook.clone());
             }
@@ -141,7 +144,9 @@ mod tests {
         for ok in ["*", "item.*", "a.b.c", "invoice:paid", "a_b-c"] {
             assert!(validate_pattern(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "item*", "*.create", "it*m.x", "a..b", ".a", "a b", "a.*.*"] {
+        for bad in [
+            "", "item*", "*.create", "it*m.x", "a..b", ".a", "a b", "a.*.*",
+        ] {
             assert!(validate_pattern(bad).is_err(), "{bad}");
         }
     }

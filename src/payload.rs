@@ -75,6 +75,8 @@ mod tests {
             batch_max,
             status: HookStatus::Active,
             secret: String::new(),
+            previous_secret: None,
+            pending_target_url: None,
             consecutive_failures: 0,
             created_at: 0,
             updated_at: 0,

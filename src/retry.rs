@@ -30,7 +30,9 @@ pub enum Verdict {
     Delivered,
     /// 410: the subscriber unsubscribed; remove the hook.
     Gone,
-    Retry { at: Millis },
+    Retry {
+        at: Millis,
+    },
     Dead,
 }
 
@@ -76,7 +78,9 @@ pub fn parse_retry_after(value: &str, now: Millis) -> Option<Duration> {
     }
     let at = OffsetDateTime::parse(v, &Rfc2822).ok()?;
     let at_ms = (at.unix_timestamp_nanos() / 1_000_000) as i64;
-    Some(Duration::from_millis(at_ms.saturating_sub(now).max(0) as u64))
+    Some(Duration::from_millis(
+        at_ms.saturating_sub(now).max(0) as u64
+    ))
 }
 
 #[cfg(test)]
@@ -106,9 +110,18 @@ mod tests {
     #[test]
     fn retries_follow_the_schedule_with_bounded_jitter() {
         let s = [ms(1000), ms(10_000)];
-        assert_eq!(decide(&s, 1, status(500), 0, 0.5), Verdict::Retry { at: 1000 });
-        assert_eq!(decide(&s, 2, Outcome::Error, 5, 0.0), Verdict::Retry { at: 8005 });
-        assert_eq!(decide(&s, 2, status(302), 0, 1.0), Verdict::Retry { at: 12_000 });
+        assert_eq!(
+            decide(&s, 1, status(500), 0, 0.5),
+            Verdict::Retry { at: 1000 }
+        );
+        assert_eq!(
+            decide(&s, 2, Outcome::Error, 5, 0.0),
+            Verdict::Retry { at: 8005 }
+        );
+        assert_eq!(
+            decide(&s, 2, status(302), 0, 1.0),
+            Verdict::Retry { at: 12_000 }
+        );
     }
 
     #[test]
@@ -119,7 +132,10 @@ mod tests {
             retry_after: Some(Duration::from_secs(secs)),
         };
         assert_eq!(decide(&s, 1, ra(2), 0, 0.5), Verdict::Retry { at: 2000 });
-        assert_eq!(decide(&s, 1, ra(10_000_000), 0, 0.5), Verdict::Retry { at: 3_600_000 });
+        assert_eq!(
+            decide(&s, 1, ra(10_000_000), 0, 0.5),
+            Verdict::Retry { at: 3_600_000 }
+        );
     }
 
     #[test]

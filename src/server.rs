@@ -30,13 +30,28 @@ fn spawn<F: FnOnce() + Send + 'static>(name: String, f: F) -> Result<JoinHandle<
     Ok(Builder::new().name(name).spawn(f)?)
 }
 
+/// Binds the API socket. Read and write timeouts set on the listening socket are
+/// inherited by accepted connections on Linux: a client that stops sending (half a
+/// request, a trickled body) or stops reading is dropped instead of holding a thread.
+fn bind(addr: std::net::SocketAddr, timeout: Duration) -> Result<TcpListener, Error> {
+    let listener = TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    let socket = socket2::SockRef::from(&listener);
+    socket.set_read_timeout(Some(timeout))?;
+    socket.set_write_timeout(Some(timeout))?;
+    Ok(listener)
+}
+
 /// Runs `hookd serve` until SIGINT or SIGTERM.
 pub fn run(config: Config) -> Result<(), Error> {
-    let mut opened = store::open(&config.db)?;
-    if let Some(token) = store::bootstrap_admin(&mut opened.writer_conn, config.admin_token.as_deref())? {
+    let mut opened = store::open(&config.db, &config.secrets_key_file)?;
+    if let Some(token) =
+        store::bootstrap_admin(&mut opened.writer_conn, config.admin_token.as_deref())?
+    {
         eprintln!("hookd: created an admin key; its token is shown only this once:\n{token}");
     }
-    let initial = store::open_reader(&opened.path)?.hooks_with_open_work()?;
+    let secrets = opened.secrets.clone();
+    let reader = || store::open_reader(&opened.path, secrets.clone());
+    let initial = reader()?.hooks_with_open_work()?;
 
     let (write_tx, write_rx) = bounded(WRITER_QUEUE);
     let (wake_tx, wake_rx) = unbounded();
@@ -47,27 +62,39 @@ pub fn run(config: Config) -> Result<(), Error> {
     let store = Store::new(write_tx);
 
     let writer_conn = opened.writer_conn;
+    let writer_secrets = secrets.clone();
     let writer = spawn("writer".into(), move || {
-        store::writer::run(writer_conn, write_rx, wake_tx)
+        store::writer::run(writer_conn, writer_secrets, write_rx, wake_tx)
     })?;
 
-    let listener = TcpListener::bind(config.listen)
-        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
-    let addr = listener.local_addr()?;
-    let server = Arc::new(
-        tiny_http::Server::from_listener(listener, None)
-            .map_err(|e| format!("cannot serve on {addr}: {e}"))?,
+    let agent = dispatch::client::agent(
+        config.delivery_timeout,
+        config.dispatchers,
+        config.target_policy.clone(),
     );
+    let listener = bind(config.listen, config.read_timeout)?;
+    let addr = listener.local_addr()?;
+    let http =
+        crate::api::Http::new(listener).map_err(|e| format!("cannot serve on {addr}: {e}"))?;
+    let limits = Arc::new(crate::api::Limits {
+        max_body: config.max_body,
+        max_hooks_per_tenant: config.max_hooks_per_tenant,
+        policy: config.target_policy.clone(),
+        trusted_hosts: config.trust_target_hosts.clone(),
+    });
+    let rate_limiter = Arc::new(crate::api::RateLimiter::new(config.rate_limit));
     let mut handlers = Vec::new();
     for i in 0..config.handlers {
         let ctx = crate::api::Ctx {
             store: store.clone(),
-            reader: store::open_reader(&opened.path)?,
-            max_body: config.max_body,
+            reader: reader()?,
+            limits: limits.clone(),
+            verifier: dispatch::handshake::Verifier::new(agent.clone()),
+            rate_limiter: rate_limiter.clone(),
         };
-        let (server, stopping) = (server.clone(), stopping.clone());
+        let (http, stopping) = (http.clone(), stopping.clone());
         handlers.push(spawn(format!("http-{i}"), move || {
-            crate::api::run_handler(server, ctx, stopping)
+            crate::api::run_handler(http, ctx, stopping)
         })?);
     }
 
@@ -76,7 +103,7 @@ pub fn run(config: Config) -> Result<(), Error> {
     })?;
     let shared = worker::Shared {
         store: store.clone(),
-        agent: dispatch::client::agent(config.delivery_timeout, config.dispatchers),
+        agent,
         schedule: Arc::new(config.retry_schedule.clone()),
         disable_after: config.disable_after,
         stopping: stopping.clone(),
@@ -85,7 +112,7 @@ pub fn run(config: Config) -> Result<(), Error> {
     let mut dispatchers = Vec::new();
     for i in 0..config.dispatchers {
         let (shared, jobs, done) = (shared.clone(), job_rx.clone(), done_tx.clone());
-        let reader = store::open_reader(&opened.path)?;
+        let reader = reader()?;
         let finished = finished_tx.clone();
         dispatchers.push(spawn(format!("dispatch-{i}"), move || {
             worker::run(shared, reader, jobs, done);
@@ -114,9 +141,7 @@ pub fn run(config: Config) -> Result<(), Error> {
     // Stop taking requests, then stop handing out deliveries; attempts in flight may
     // finish (bounded); finally the writer drains its queue and exits.
     stopping.store(true, Ordering::SeqCst);
-    for _ in &handlers {
-        server.unblock();
-    }
+    http.unblock(handlers.len());
     for h in handlers {
         let _ = h.join();
     }
@@ -136,7 +161,9 @@ pub fn run(config: Config) -> Result<(), Error> {
         drop(store);
         let _ = writer.join();
     } else {
-        log::warn!("some deliveries were still in flight at shutdown; they will be sent again on restart");
+        log::warn!(
+            "some deliveries were still in flight at shutdown; they will be sent again on restart"
+        );
     }
     drop(opened.lock);
     log::info!("stopped");

@@ -29,7 +29,10 @@ pub fn signature(secret: &str, msg_id: &str, timestamp: i64, body: &[u8]) -> Opt
     mac.update(timestamp.to_string().as_bytes());
     mac.update(b".");
     mac.update(body);
-    Some(format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes())))
+    Some(format!(
+        "v1,{}",
+        STANDARD.encode(mac.finalize().into_bytes())
+    ))
 }
 
 /// The `webhook-signature` header value: one `v1,…` per live secret, space separated.
@@ -39,6 +42,12 @@ pub fn header(secrets: &[&str], msg_id: &str, timestamp: i64, body: &[u8]) -> St
         .filter_map(|s| signature(s, msg_id, timestamp, body))
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// Compares two byte strings in time that depends on their length only.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    use subtle::ConstantTimeEq;
+    a.len() == b.len() && bool::from(a.ct_eq(b))
 }
 
 #[cfg(test)]

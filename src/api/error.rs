@@ -75,6 +75,22 @@ impl ApiError {
         )
     }
 
+    /// 400 for a request line or header block past its cap.
+    pub fn too_long(code: &'static str, what: &str, max: usize) -> ApiError {
+        ApiError::new(400, code, format!("the {what} is longer than {max} bytes"))
+    }
+
+    pub fn rate_limited(retry_after: u64) -> ApiError {
+        ApiError {
+            retry_after: Some(retry_after),
+            ..ApiError::new(
+                429,
+                "rate_limited",
+                "too many requests for this key; retry after the time in Retry-After",
+            )
+        }
+    }
+
     pub fn unavailable(message: impl Into<String>) -> ApiError {
         ApiError {
             retry_after: Some(1),
@@ -83,7 +99,11 @@ impl ApiError {
     }
 
     pub fn internal() -> ApiError {
-        ApiError::new(500, "internal", "an internal error occurred; it has been logged")
+        ApiError::new(
+            500,
+            "internal",
+            "an internal error occurred; it has been logged",
+        )
     }
 
     pub fn body(&self) -> String {
@@ -96,6 +116,7 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::NotFound => ApiError::not_found("resource"),
             StoreError::Conflict(m) => ApiError::conflict("conflict", m),
+            StoreError::Rejected(m) => ApiError::new(400, "invalid_field", m),
             StoreError::Busy => ApiError::unavailable("the server is busy; try again"),
             other => {
                 log::error!("store: {other}");

@@ -7,9 +7,9 @@ use sha2::{Digest, Sha256};
 use super::input::{page_json, validate_tenant, Fields};
 use super::{ApiError, Handled, Reply, Req};
 use crate::clock::rfc3339;
-use crate::payload::EventBody;
 use crate::model::{Event, Role};
 use crate::patterns::validate_type;
+use crate::payload::EventBody;
 use crate::store::{NewEvent, StoreError, WriteOp, WriteOutput};
 
 /// Most events in one array publish.
@@ -37,7 +37,10 @@ fn parse_event(value: Value, path: &str) -> Result<NewEvent, ApiError> {
     validate_tenant(&f.name("tenant"), &tenant)?;
     let resource_id = f.string("resource_id")?;
     if resource_id.as_ref().is_some_and(|r| r.len() > 255) {
-        return Err(ApiError::field(&f.name("resource_id"), "must be at most 255 bytes"));
+        return Err(ApiError::field(
+            &f.name("resource_id"),
+            "must be at most 255 bytes",
+        ));
     }
     let data = f.take_raw("data").unwrap_or(Value::Null).to_string();
     let idempotency_key = f.string("idempotency_key")?;

@@ -5,14 +5,16 @@ use serde_json::{json, Value};
 use super::input::{page_json, validate_tenant, Fields};
 use super::{ApiError, Handled, Reply, Req};
 use crate::clock::{parse_rfc3339, rfc3339};
+use crate::dispatch::handshake::new_code;
+use crate::ids::new_id;
 use crate::model::{Delivery, DeliveryStatus, Hook, HookStatus, PayloadKind, Role};
 use crate::patterns::validate_pattern;
 use crate::store::{HookPatch, NewHook, StoreError, WriteOp, WriteOutput};
+use crate::target::Policy;
+use sha2::{Digest, Sha256};
 
 /// Most patterns one hook may hold.
 const MAX_PATTERNS: usize = 100;
-/// Longest target URL.
-const MAX_URL: usize = 2048;
 
 pub fn hook_json(hook: &Hook, with_secret: bool) -> Value {
     let mut v = json!({
@@ -27,6 +29,9 @@ pub fn hook_json(hook: &Hook, with_secret: bool) -> Value {
         "created_at": rfc3339(hook.created_at),
         "updated_at": rfc3339(hook.updated_at),
     });
+    if let Some(pending) = &hook.pending_target_url {
+        v["pending_target_url"] = json!(pending);
+    }
     if with_secret {
         v["secret"] = json!(hook.secret);
     }
@@ -58,23 +63,55 @@ fn delivery_json(d: &Delivery) -> Value {
     })
 }
 
-/// An absolute http(s) URL with a host, no userinfo, at most 2048 bytes.
-fn validate_target(url: &str) -> Result<(), ApiError> {
-    let bad = |why: &str| ApiError::field("target_url", why);
-    if url.len() > MAX_URL {
-        return Err(bad("must be at most 2048 bytes"));
+/// The create-time check: URL rules and the private-target guard (see `target`).
+fn validate_target(req: &Req, url: &str) -> Result<url::Url, ApiError> {
+    req.ctx
+        .limits
+        .policy
+        .check_url(url)
+        .map_err(|why| ApiError::field("target_url", why))
+}
+
+/// How a target comes to be trusted.
+enum Handshake {
+    /// Verified now, skipped by an admin, or a trusted receiver platform.
+    Passed,
+    /// Failed: the reason, and the hash of the code the subscriber may send back later.
+    Failed { error: String, code_hash: Vec<u8> },
+}
+
+/// Runs the intent verification for `url` unless an admin said `"verify": false` or
+/// the host is a trusted receiver platform.
+fn handshake(
+    req: &Req,
+    hook_id: &str,
+    url: &url::Url,
+    verify: Option<bool>,
+) -> Result<Handshake, ApiError> {
+    if verify == Some(false) {
+        req.require(&[Role::Admin]).map_err(|_| {
+            ApiError::forbidden("only an admin key may skip the verification handshake")
+        })?;
+        return Ok(Handshake::Passed);
     }
-    let parsed = url::Url::parse(url).map_err(|e| bad(&format!("is not a valid URL ({e})")))?;
-    if !matches!(parsed.scheme(), "http" | "https") {
-        return Err(bad("must use http or https"));
+    let host = url.host_str().unwrap_or("");
+    if Policy::host_matches(&req.ctx.limits.trusted_hosts, host) {
+        return Ok(Handshake::Passed);
     }
-    if parsed.host_str().is_none_or(str::is_empty) {
-        return Err(bad("must have a host"));
-    }
-    if !parsed.username().is_empty() || parsed.password().is_some() {
-        return Err(bad("must not carry a user name or password"));
-    }
-    Ok(())
+    let code = new_code();
+    Ok(
+        match req.ctx.verifier.verify(url.as_str(), hook_id, &code) {
+            Ok(()) => Handshake::Passed,
+            Err(error) => Handshake::Failed {
+                error,
+                code_hash: code_hash(&code),
+            },
+        },
+    )
+}
+
+fn code_hash(code: &str) -> Vec<u8> {
+    Sha256::digest(code.as_bytes()).to_vec()
 }
 
 fn patterns(f: &mut Fields) -> Result<Option<Vec<String>>, ApiError> {
@@ -82,7 +119,10 @@ fn patterns(f: &mut Fields) -> Result<Option<Vec<String>>, ApiError> {
     let many = f.take("events");
     let list = match (single, many) {
         (Some(_), Some(_)) => {
-            return Err(ApiError::field("events", "cannot be given together with `event`"))
+            return Err(ApiError::field(
+                "events",
+                "cannot be given together with `event`",
+            ))
         }
         (Some(serde_json::Value::String(s)), None) => vec![s],
         (Some(_), None) => return Err(ApiError::field("event", "must be a string")),
@@ -124,15 +164,13 @@ pub fn create(req: &Req) -> Handled {
     req.require(&[Role::Admin, Role::Subscriber])?;
     let mut f = Fields::new(super::input::parse_json(req.body)?, "")?;
     let target_url = f.required_string("target_url")?;
-    validate_target(&target_url)?;
+    let url = validate_target(req, &target_url)?;
     let events = patterns(&mut f)?
         .ok_or_else(|| ApiError::field("event", "is required (or `events`, a list)"))?;
     let payload = payload_kind(&mut f)?.unwrap_or(PayloadKind::Skinny);
     let batch_max = f.integer("batch_max", 1, 1000)?.unwrap_or(1);
     let tenant = f.string("tenant")?;
-    // Intent verification comes with the trust work; until then every hook is active,
-    // which is also what `"verify": false` asks for.
-    let _verify = f.bool("verify")?;
+    let verify = f.bool("verify")?;
     f.finish()?;
     let tenant = match (req.scope(), tenant) {
         (Some(own), Some(asked)) if own != asked => {
@@ -147,20 +185,44 @@ pub fn create(req: &Req) -> Handled {
         }
         (None, None) => "default".to_string(),
     };
+    let id = new_id("hook");
+    let (status, verify_code_hash, verification_error) = match handshake(req, &id, &url, verify)? {
+        Handshake::Passed => (HookStatus::Active, None, None),
+        Handshake::Failed { error, code_hash } => {
+            (HookStatus::Pending, Some(code_hash), Some(error))
+        }
+    };
     let new = NewHook {
+        id,
         tenant,
         target_url,
         events,
         payload,
         batch_max,
-        status: HookStatus::Active,
+        status,
+        verify_code_hash,
     };
-    match req.ctx.store.api(WriteOp::CreateHook(new))? {
-        WriteOutput::Hook(hook) => {
-            log::info!("hook {} created for tenant {}", hook.id, hook.tenant);
-            Ok(Reply::json(201, hook_json(&hook, true)))
+    let op = WriteOp::CreateHook {
+        hook: new,
+        max_per_tenant: req.ctx.limits.max_hooks_per_tenant,
+    };
+    match req.ctx.store.api(op) {
+        Ok(WriteOutput::Hook(hook)) => {
+            log::info!(
+                "hook {} created for tenant {} ({})",
+                hook.id,
+                hook.tenant,
+                hook.status.as_str()
+            );
+            let mut body = hook_json(&hook, true);
+            if let Some(error) = verification_error {
+                body["verification"] = json!({ "error": error });
+            }
+            Ok(Reply::json(201, body))
         }
-        _ => Err(ApiError::internal()),
+        Ok(_) => Err(ApiError::internal()),
+        Err(StoreError::Conflict(m)) => Err(ApiError::conflict("hook_limit_reached", m)),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -209,28 +271,45 @@ pub fn patch(req: &Req, id: &str) -> Handled {
     req.require(&[Role::Admin, Role::Subscriber])?;
     visible_hook(req, id)?;
     let mut f = Fields::new(super::input::parse_json(req.body)?, "")?;
-    let target_url = f.string("target_url")?;
-    if let Some(u) = &target_url {
-        validate_target(u)?;
-    }
-    let patch = HookPatch {
-        target_url,
-        events: patterns(&mut f)?,
-        payload: payload_kind(&mut f)?,
-        batch_max: f.integer("batch_max", 1, 1000)?,
-    };
+    let target_url = f
+        .string("target_url")?
+        .map(|u| validate_target(req, &u).map(|parsed| (u, parsed)))
+        .transpose()?;
+    let events = patterns(&mut f)?;
+    let payload = payload_kind(&mut f)?;
+    let batch_max = f.integer("batch_max", 1, 1000)?;
+    let verify = f.bool("verify")?;
     f.finish()?;
-    match req
-        .ctx
-        .store
-        .api(WriteOp::UpdateHook {
-            id: id.to_string(),
-            scope: req.scope(),
-            patch,
-        })
-        .map_err(not_found_as_hook)?
-    {
-        WriteOutput::Hook(hook) => Ok(Reply::json(200, hook_json(&hook, false))),
+    let mut patch = HookPatch {
+        events,
+        payload,
+        batch_max,
+        ..HookPatch::default()
+    };
+    let mut verification_error = None;
+    if let Some((raw, parsed)) = target_url {
+        // A new URL is verified before it takes effect; until then the old one receives.
+        match handshake(req, id, &parsed, verify)? {
+            Handshake::Passed => patch.target_url = Some(raw),
+            Handshake::Failed { error, code_hash } => {
+                patch.pending_target = Some((raw, code_hash));
+                verification_error = Some(error);
+            }
+        }
+    }
+    let op = WriteOp::UpdateHook {
+        id: id.to_string(),
+        scope: req.scope(),
+        patch,
+    };
+    match req.ctx.store.api(op).map_err(not_found_as_hook)? {
+        WriteOutput::Hook(hook) => {
+            let mut body = hook_json(&hook, false);
+            if let Some(error) = verification_error {
+                body["verification"] = json!({ "error": error });
+            }
+            Ok(Reply::json(200, body))
+        }
         _ => Err(ApiError::internal()),
     }
 }
@@ -248,20 +327,85 @@ pub fn delete(req: &Req, id: &str) -> Handled {
     Ok(Reply::no_content())
 }
 
+/// Runs the handshake again; on success the hook is active and its held deliveries go
+/// out in order. On failure nothing changes (409), and the code sent may still finish
+/// the activation through `verify`.
 pub fn activate(req: &Req, id: &str) -> Handled {
     req.require(&[Role::Admin, Role::Subscriber])?;
-    match req
-        .ctx
-        .store
-        .api(WriteOp::ActivateHook {
+    let hook = visible_hook(req, id)?;
+    let verify = if req.body.is_empty() {
+        None
+    } else {
+        let mut f = Fields::new(super::input::parse_json(req.body)?, "")?;
+        let v = f.bool("verify")?;
+        f.finish()?;
+        v
+    };
+    let url = url::Url::parse(&hook.target_url)
+        .map_err(|_| ApiError::field("target_url", "is no longer a valid URL"))?;
+    if let Handshake::Failed { error, code_hash } = handshake(req, id, &url, verify)? {
+        req.ctx.store.api(WriteOp::SetVerification {
             id: id.to_string(),
-            scope: req.scope(),
-        })
-        .map_err(not_found_as_hook)?
-    {
+            code_hash,
+        })?;
+        return Err(ApiError::conflict(
+            "verification_failed",
+            format!("the hook stays {}: {error}", hook.status.as_str()),
+        ));
+    }
+    let op = WriteOp::ActivateHook {
+        id: id.to_string(),
+        scope: req.scope(),
+    };
+    match req.ctx.store.api(op).map_err(not_found_as_hook)? {
         WriteOutput::Hook(hook) => {
             log::info!("hook {id} activated");
             Ok(Reply::json(200, hook_json(&hook, false)))
+        }
+        _ => Err(ApiError::internal()),
+    }
+}
+
+/// Podio-style: the subscriber sends back the code of a handshake it could not answer.
+pub fn verify(req: &Req, id: &str) -> Handled {
+    req.require(&[Role::Admin, Role::Subscriber])?;
+    let mut f = Fields::new(super::input::parse_json(req.body)?, "")?;
+    let code = f.required_string("code")?;
+    f.finish()?;
+    let op = WriteOp::VerifyHook {
+        id: id.to_string(),
+        scope: req.scope(),
+        code_hash: code_hash(&code),
+    };
+    match req.ctx.store.api(op) {
+        Ok(WriteOutput::Hook(hook)) => {
+            log::info!("hook {id} verified");
+            Ok(Reply::json(200, hook_json(&hook, false)))
+        }
+        Ok(_) => Err(ApiError::internal()),
+        Err(StoreError::Conflict(m)) => Err(ApiError::conflict("nothing_to_verify", m)),
+        Err(e) => Err(not_found_as_hook(e)),
+    }
+}
+
+/// A new secret; the previous one keeps signing for 24 hours.
+pub fn rotate_secret(req: &Req, id: &str) -> Handled {
+    req.require(&[Role::Admin, Role::Subscriber])?;
+    let op = WriteOp::RotateSecret {
+        id: id.to_string(),
+        scope: req.scope(),
+    };
+    match req.ctx.store.api(op).map_err(not_found_as_hook)? {
+        WriteOutput::Hook(hook) => {
+            log::info!("hook {id}: secret rotated");
+            Ok(Reply::json(
+                200,
+                json!({
+                    "id": hook.id,
+                    "secret": hook.secret,
+                    "previous_secret_expires_at": hook.previous_secret.map(|(_, until)| rfc3339(until)),
+                }),
+            ))
         }
         _ => Err(ApiError::internal()),
     }

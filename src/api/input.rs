@@ -43,9 +43,12 @@ pub fn check_json_content_type(request: &Request, body: &[u8]) -> Result<(), Api
 
 pub fn parse_json(body: &[u8]) -> Result<Value, ApiError> {
     if body.is_empty() {
-        return Err(ApiError::invalid_json("the body is empty; a JSON value is required"));
+        return Err(ApiError::invalid_json(
+            "the body is empty; a JSON value is required",
+        ));
     }
-    serde_json::from_slice(body).map_err(|e| ApiError::invalid_json(format!("the body is not valid JSON: {e}")))
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::invalid_json(format!("the body is not valid JSON: {e}")))
 }
 
 /// A JSON object whose fields are taken one by one; `finish` refuses any left over.

@@ -31,7 +31,10 @@ pub fn create(req: &Req) -> Handled {
             Some(t)
         }
         (Role::Subscriber, None) => {
-            return Err(ApiError::field("tenant", "is required for a subscriber key"))
+            return Err(ApiError::field(
+                "tenant",
+                "is required for a subscriber key",
+            ))
         }
         (_, Some(_)) => {
             return Err(ApiError::field(

@@ -8,6 +8,7 @@ mod events;
 mod hooks;
 mod input;
 mod keys;
+mod ratelimit;
 
 use std::io::Cursor;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -19,15 +20,33 @@ use serde_json::Value;
 use tiny_http::{Header, Method, Request, Response, Server};
 
 pub use error::ApiError;
+pub use ratelimit::RateLimiter;
 
+use crate::dispatch::handshake::Verifier;
 use crate::model::{ApiKey, Role};
 use crate::store::{self, Reader, Store};
+use crate::target::Policy;
+
+/// Longest request target (path and query) accepted.
+const MAX_URL: usize = 8 * 1024;
+/// Most header bytes accepted in one request.
+const MAX_HEADER_BYTES: usize = 16 * 1024;
 
 /// What one handler thread works with.
 pub struct Ctx {
     pub store: Store,
     pub reader: Reader,
+    pub limits: Arc<Limits>,
+    pub verifier: Verifier,
+    pub rate_limiter: Arc<RateLimiter>,
+}
+
+/// The API's share of the configuration.
+pub struct Limits {
     pub max_body: usize,
+    pub max_hooks_per_tenant: u32,
+    pub policy: Policy,
+    pub trusted_hosts: Vec<String>,
 }
 
 /// A successful answer: status and JSON body (`None` for 204).
@@ -66,8 +85,35 @@ impl Reply {
 
 type Handled = Result<Reply, ApiError>;
 
+/// The HTTP server the handler threads share.
+#[derive(Clone)]
+pub struct Http {
+    server: Arc<Server>,
+}
+
+impl Http {
+    /// Serves on an already bound listener. Its socket timeouts are inherited by every
+    /// accepted connection (Linux), which is what drops clients that stall: tiny_http
+    /// sets none itself.
+    pub fn new(listener: std::net::TcpListener) -> std::io::Result<Http> {
+        let server = Server::from_listener(listener, None)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        Ok(Http {
+            server: Arc::new(server),
+        })
+    }
+
+    /// Wakes `n` handler threads waiting for a request, so they see the stop flag.
+    pub fn unblock(&self, n: usize) {
+        for _ in 0..n {
+            self.server.unblock();
+        }
+    }
+}
+
 /// A handler thread's loop: serve until `stopping` is set.
-pub fn run_handler(server: Arc<Server>, ctx: Ctx, stopping: Arc<AtomicBool>) {
+pub fn run_handler(http: Http, ctx: Ctx, stopping: Arc<AtomicBool>) {
+    let server = http.server;
     while !stopping.load(Ordering::SeqCst) {
         match server.recv_timeout(Duration::from_millis(200)) {
             Ok(Some(request)) => serve_one(&ctx, request),
@@ -81,17 +127,15 @@ pub fn run_handler(server: Arc<Server>, ctx: Ctx, stopping: Arc<AtomicBool>) {
 }
 
 fn serve_one(ctx: &Ctx, mut request: Request) {
-    let result = catch_unwind(AssertUnwindSafe(|| handle(ctx, &mut request)))
-        .unwrap_or_else(|_| {
+    let result =
+        catch_unwind(AssertUnwindSafe(|| handle(ctx, &mut request))).unwrap_or_else(|_| {
             log::error!("panic while serving {} {}", request.method(), request.url());
             Err(ApiError::internal())
         });
     let (status, body, retry_after) = match result {
         Ok(reply) => (
             reply.status,
-            reply
-                .raw
-                .or_else(|| reply.body.map(|b| b.to_string())),
+            reply.raw.or_else(|| reply.body.map(|b| b.to_string())),
             None,
         ),
         Err(e) => (e.status, Some(e.body()), e.retry_after),
@@ -126,6 +170,8 @@ enum Route<'a> {
     Hooks,
     Hook(&'a str),
     HookActivate(&'a str),
+    HookVerify(&'a str),
+    HookRotate(&'a str),
     HookDeliveries(&'a str),
     HookReplay(&'a str),
     DeliveryRetry(&'a str),
@@ -142,6 +188,8 @@ fn route(path: &str) -> Option<Route<'_>> {
         ["v1", "hooks"] => Route::Hooks,
         ["v1", "hooks", id] => Route::Hook(id),
         ["v1", "hooks", id, "activate"] => Route::HookActivate(id),
+        ["v1", "hooks", id, "verify"] => Route::HookVerify(id),
+        ["v1", "hooks", id, "rotate-secret"] => Route::HookRotate(id),
         ["v1", "hooks", id, "deliveries"] => Route::HookDeliveries(id),
         ["v1", "hooks", id, "replay"] => Route::HookReplay(id),
         ["v1", "deliveries", id, "retry"] => Route::DeliveryRetry(id),
@@ -152,6 +200,21 @@ fn route(path: &str) -> Option<Route<'_>> {
 }
 
 fn handle(ctx: &Ctx, request: &mut Request) -> Handled {
+    if request.url().len() > MAX_URL {
+        return Err(ApiError::too_long("url_too_long", "request URL", MAX_URL));
+    }
+    let header_bytes: usize = request
+        .headers()
+        .iter()
+        .map(|h| h.field.as_str().as_str().len() + h.value.as_str().len() + 4)
+        .sum();
+    if header_bytes > MAX_HEADER_BYTES {
+        return Err(ApiError::too_long(
+            "headers_too_large",
+            "request headers",
+            MAX_HEADER_BYTES,
+        ));
+    }
     let url = request.url().to_string();
     let path = url.split('?').next().unwrap_or("");
     let route = route(path).ok_or_else(|| ApiError::not_found(&format!("route {path}")))?;
@@ -165,8 +228,11 @@ fn handle(ctx: &Ctx, request: &mut Request) -> Handled {
         };
     }
     let key = authenticate(ctx, request)?;
+    ctx.rate_limiter
+        .check(&key.id, std::time::Instant::now())
+        .map_err(ApiError::rate_limited)?;
     let method = request.method().clone();
-    let body = input::read_body(request, ctx.max_body)?;
+    let body = input::read_body(request, ctx.limits.max_body)?;
     if matches!(method, Method::Post | Method::Patch | Method::Put) {
         input::check_json_content_type(request, &body)?;
     }
@@ -192,6 +258,8 @@ fn handle(ctx: &Ctx, request: &mut Request) -> Handled {
         (Method::Patch, Route::Hook(id)) => hooks::patch(&req, id),
         (Method::Delete, Route::Hook(id)) => hooks::delete(&req, id),
         (Method::Post, Route::HookActivate(id)) => hooks::activate(&req, id),
+        (Method::Post, Route::HookVerify(id)) => hooks::verify(&req, id),
+        (Method::Post, Route::HookRotate(id)) => hooks::rotate_secret(&req, id),
         (Method::Get, Route::HookDeliveries(id)) => hooks::deliveries(&req, id),
         (Method::Post, Route::HookReplay(id)) => hooks::replay(&req, id),
         (Method::Post, Route::DeliveryRetry(id)) => hooks::retry_delivery(&req, id),

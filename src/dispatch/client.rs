@@ -3,9 +3,17 @@
 //! whatever happens into an [`AttemptResult`]; nothing here returns an error upward.
 
 use std::io::Read;
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ureq::config::Config;
+use ureq::http::Uri;
+use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver};
+use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
 use ureq::Agent;
+
+use crate::target::Policy;
 
 use crate::clock::now_ms;
 use crate::retry::{parse_retry_after, Outcome};
@@ -20,7 +28,71 @@ pub struct AttemptResult {
     pub attempt: crate::model::Attempt,
 }
 
-pub fn agent(timeout: Duration, pool: usize) -> Agent {
+/// A target refused by the private-target guard at connect time.
+#[derive(Debug)]
+struct Refused(String);
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "target refused: {}", self.0)
+    }
+}
+
+impl std::error::Error for Refused {}
+
+/// Resolves a target once and checks every address; ureq then connects only to the
+/// addresses returned here, so a name that changes after the check cannot slip a
+/// private address in (DNS rebinding). A failed lookup is a failed attempt.
+#[derive(Debug)]
+struct GuardedResolver {
+    policy: Arc<Policy>,
+    inner: DefaultResolver,
+}
+
+impl Resolver for GuardedResolver {
+    fn resolve(
+        &self,
+        uri: &Uri,
+        config: &Config,
+        timeout: NextTimeout,
+    ) -> Result<ResolvedSocketAddrs, ureq::Error> {
+        let authority = uri.authority().ok_or(ureq::Error::HostNotFound)?;
+        let host = authority.host();
+        let port = authority.port_u16().unwrap_or(match uri.scheme_str() {
+            Some("https") => 443,
+            _ => 80,
+        });
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        let fixed = bare.parse::<std::net::IpAddr>().is_ok()
+            || self
+                .policy
+                .overrides
+                .contains_key(&bare.trim_end_matches('.').to_ascii_lowercase());
+        let addrs: Vec<SocketAddr> = if fixed {
+            self.policy
+                .resolve(host, port)
+                .map_err(|e| ureq::Error::Other(Box::new(Refused(e))))?
+        } else {
+            // The default resolver runs the lookup with the attempt's timeout.
+            self.inner
+                .resolve(uri, config, timeout)?
+                .iter()
+                .copied()
+                .collect()
+        };
+        let mut out = self.empty();
+        for addr in addrs {
+            self.policy
+                .check_ip(addr.ip())
+                .map_err(|e| ureq::Error::Other(Box::new(Refused(e))))?;
+            out.push(addr);
+        }
+        Ok(out)
+    }
+}
+
+/// The one client for deliveries and handshakes.
+pub fn agent(timeout: Duration, pool: usize, policy: Policy) -> Agent {
     let config = Agent::config_builder()
         .http_status_as_error(false)
         // A 3xx is an answer, not an instruction: following it could lead anywhere.
@@ -32,45 +104,77 @@ pub fn agent(timeout: Duration, pool: usize) -> Agent {
         .max_idle_connections(pool * 4)
         .user_agent(format!("hookd/{}", env!("CARGO_PKG_VERSION")))
         .build();
-    Agent::new_with_config(config)
+    let resolver = GuardedResolver {
+        policy: Arc::new(policy),
+        inner: DefaultResolver::default(),
+    };
+    Agent::with_parts(config, DefaultConnector::new(), resolver)
+}
+
+/// What came back from a POST: status, headers we care about, the body's first 64 KiB.
+pub struct Answer {
+    pub code: u16,
+    pub retry_after: Option<String>,
+    pub hook_secret: Option<String>,
+    pub body: Vec<u8>,
+}
+
+/// POSTs `body` as JSON; `Err` describes a transport failure (timeout, refused…).
+pub fn post(
+    agent: &Agent,
+    url: &str,
+    headers: &[(&str, String)],
+    body: &[u8],
+) -> Result<Answer, String> {
+    let mut request = agent.post(url).header("content-type", "application/json");
+    for (name, value) in headers {
+        request = request.header(*name, value.as_str());
+    }
+    let mut response = request.send(body).map_err(|e| describe(&e))?;
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let (retry_after, hook_secret) = (header("retry-after"), header("x-hook-secret"));
+    // What the receiver said after its status is for the log only: a body that fails
+    // half way does not turn a 2xx into a failure.
+    let mut buf = Vec::new();
+    let _ = response
+        .body_mut()
+        .as_reader()
+        .take(RESPONSE_CAP)
+        .read_to_end(&mut buf);
+    Ok(Answer {
+        code: response.status().as_u16(),
+        retry_after,
+        hook_secret,
+        body: buf,
+    })
 }
 
 /// Sends one delivery request and describes what happened.
 pub fn send(agent: &Agent, url: &str, headers: &[(&str, String)], body: &[u8]) -> AttemptResult {
     let at = now_ms();
     let started = Instant::now();
-    let mut request = agent.post(url).header("content-type", "application/json");
-    for (name, value) in headers {
-        request = request.header(*name, value.as_str());
-    }
-    let (outcome, status_code, error, snippet) = match request.send(body) {
-        Ok(mut response) => {
-            let code = response.status().as_u16();
+    let (outcome, status_code, error, snippet) = match post(agent, url, headers, body) {
+        Ok(answer) => {
+            let code = answer.code;
             let retry_after = if code == 429 || code == 503 {
-                response
-                    .headers()
-                    .get("retry-after")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| parse_retry_after(v, at))
+                answer.retry_after.and_then(|v| parse_retry_after(&v, at))
             } else {
                 None
             };
-            // What the receiver said after its status is for the log only: a body that
-            // fails half way does not turn a 2xx into a failure.
-            let mut buf = Vec::new();
-            let _ = response
-                .body_mut()
-                .as_reader()
-                .take(RESPONSE_CAP)
-                .read_to_end(&mut buf);
             (
                 Outcome::Status { code, retry_after },
                 Some(code),
                 None,
-                snippet(&buf),
+                snippet(&answer.body),
             )
         }
-        Err(e) => (Outcome::Error, None, Some(describe(&e)), None),
+        Err(e) => (Outcome::Error, None, Some(e), None),
     };
     AttemptResult {
         outcome,
@@ -96,6 +200,7 @@ fn describe(e: &ureq::Error) -> String {
     let text = match e {
         ureq::Error::Timeout(t) => format!("timed out ({t})"),
         ureq::Error::Io(io) => format!("connection failed: {io}"),
+        ureq::Error::Other(inner) => inner.to_string(),
         other => other.to_string(),
     };
     text.chars().take(500).collect()

@@ -8,6 +8,7 @@
 //! by a crashed process is simply due again (at least once, never zero times).
 
 pub mod client;
+pub mod handshake;
 pub mod worker;
 
 use std::cmp::Reverse;
@@ -36,7 +37,9 @@ pub struct Done {
 enum HookState {
     Waiting(Millis),
     /// `recheck`: something changed while it was out; look again as soon as it is back.
-    InFlight { recheck: bool },
+    InFlight {
+        recheck: bool,
+    },
 }
 
 /// The scheduler's state machine, separate from its channels so it is easy to test.
@@ -188,7 +191,10 @@ mod tests {
         assert!(s.take_due(500).is_empty());
         s.wake("h".into(), true, 600);
         assert_eq!(s.take_due(600), vec!["h".to_string()]);
-        assert!(s.take_due(2000).is_empty(), "the stale 1000 entry is skipped");
+        assert!(
+            s.take_due(2000).is_empty(),
+            "the stale 1000 entry is skipped"
+        );
     }
 
     #[test]

@@ -11,9 +11,9 @@ use crossbeam_channel::{Receiver, Sender};
 use ureq::Agent;
 
 use super::{client, Done, Job};
-use crate::payload;
 use crate::clock::{now_ms, Millis};
 use crate::model::HookStatus;
+use crate::payload;
 use crate::retry;
 use crate::store::read::OutboxRow;
 use crate::store::{AttemptRecord, Reader, Store, StoreError, WriteOp, WriteOutput};
@@ -39,7 +39,10 @@ pub fn run(shared: Shared, reader: Reader, jobs: Receiver<Job>, done: Sender<Don
         }
         let next = catch_unwind(AssertUnwindSafe(|| deliver(&shared, &reader, &job.hook_id)))
             .unwrap_or_else(|_| {
-                log::error!("dispatcher panicked on hook {}; retrying later", job.hook_id);
+                log::error!(
+                    "dispatcher panicked on hook {}; retrying later",
+                    job.hook_id
+                );
                 Err(StoreError::Busy)
             })
             .unwrap_or_else(|e| {
@@ -86,7 +89,8 @@ fn deliver(shared: &Shared, reader: &Reader, hook_id: &str) -> Result<Option<Mil
     let body = payload::build(&hook, &numbered);
 
     let timestamp = now_ms() / 1000;
-    let signature = crate::sign::header(&[&hook.secret], &batch_id, timestamp, &body);
+    let secrets = hook.signing_secrets(now_ms());
+    let signature = crate::sign::header(&secrets, &batch_id, timestamp, &body);
     let headers = [
         ("webhook-id", batch_id.clone()),
         ("webhook-timestamp", timestamp.to_string()),

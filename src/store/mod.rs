@@ -9,13 +9,15 @@ pub mod writer;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crossbeam_channel::{bounded, Sender};
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
 use crate::model::{ApiKey, PayloadKind, Role};
 use crate::retry::Verdict;
+use crate::secrets::SecretBox;
 
 pub use read::Reader;
 pub use writer::{WriteOp, WriteOutput};
@@ -37,6 +39,8 @@ pub enum StoreError {
     NotFound,
     /// A uniqueness or state conflict, with the reason.
     Conflict(String),
+    /// The request was understood and refused, with the reason (e.g. a wrong code).
+    Rejected(String),
     /// The writer is saturated or stopped: try again later.
     Busy,
     /// SQLite failed; the context says doing what.
@@ -50,6 +54,7 @@ impl std::fmt::Display for StoreError {
         match self {
             StoreError::NotFound => write!(f, "not found"),
             StoreError::Conflict(m) => write!(f, "conflict: {m}"),
+            StoreError::Rejected(m) => write!(f, "rejected: {m}"),
             StoreError::Busy => write!(f, "the database writer is busy"),
             StoreError::Db(ctx, e) => write!(f, "database error while {ctx}: {e}"),
             StoreError::Open(m) => write!(f, "{m}"),
@@ -75,6 +80,7 @@ impl<T> Context<T> for rusqlite::Result<T> {
 pub struct Opened {
     pub path: PathBuf,
     pub writer_conn: Connection,
+    pub secrets: Arc<SecretBox>,
     /// Held for the life of the process: a second `hookd serve` on the file fails to
     /// take it. The OS drops the lock when the process dies, so a crash leaves none.
     pub lock: File,
@@ -82,7 +88,7 @@ pub struct Opened {
 
 /// Opens (creating when missing) the database, takes the process lock, sets the pragmas
 /// and brings the schema up to date.
-pub fn open(path: &Path) -> Result<Opened, StoreError> {
+pub fn open(path: &Path, key_file: &Path) -> Result<Opened, StoreError> {
     let lock_path = lock_path(path);
     let lock = File::options()
         .create(true)
@@ -100,10 +106,13 @@ pub fn open(path: &Path) -> Result<Opened, StoreError> {
     let mut conn = Connection::open(path)
         .map_err(|e| StoreError::Open(format!("cannot open {}: {e}", path.display())))?;
     configure(&conn, false)?;
-    migrate(&mut conn, path)?;
+    let created = migrate(&mut conn, path)?;
+    let secrets = Arc::new(SecretBox::load_or_create(key_file, created).map_err(StoreError::Open)?);
+    check_key(&conn, &secrets, key_file)?;
     Ok(Opened {
         path: path.to_path_buf(),
         writer_conn: conn,
+        secrets,
         lock,
     })
 }
@@ -143,7 +152,35 @@ fn configure(conn: &Connection, read_only: bool) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
+/// The key file must be the one this database's secrets were sealed with: a value
+/// sealed at creation is opened at every start.
+fn check_key(conn: &Connection, secrets: &SecretBox, key_file: &Path) -> Result<(), StoreError> {
+    let stored: Option<String> = conn
+        .query_row("SELECT value FROM meta WHERE key = 'key_check'", [], |r| {
+            r.get(0)
+        })
+        .optional()
+        .ctx("reading the key check")?;
+    match stored {
+        Some(sealed) => secrets.open(&sealed, "key_check").map(|_| ()).map_err(|_| {
+            StoreError::Open(format!(
+                "{} is not the key file this database was created with",
+                key_file.display()
+            ))
+        }),
+        None => {
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES ('key_check', ?1)",
+                [secrets.seal("hookd", "key_check")],
+            )
+            .ctx("storing the key check")?;
+            Ok(())
+        }
+    }
+}
+
+/// Brings the schema up to date; `true` when the database was new.
+fn migrate(conn: &mut Connection, path: &Path) -> Result<bool, StoreError> {
     let foreign = |why: &str| {
         StoreError::Open(format!(
             "{} is not a hookd database ({why})",
@@ -169,7 +206,7 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)
             .ctx("setting user_version")?;
         tx.commit().ctx("committing the schema")?;
-        return Ok(());
+        return Ok(true);
     }
     if version > SCHEMA_VERSION {
         return Err(StoreError::Open(format!(
@@ -184,18 +221,18 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
             .ctx("setting user_version")?;
         tx.commit().ctx("committing a migration")?;
     }
-    Ok(())
+    Ok(false)
 }
 
 /// Opens a connection for reading only.
-pub fn open_reader(path: &Path) -> Result<Reader, StoreError> {
+pub fn open_reader(path: &Path, secrets: Arc<SecretBox>) -> Result<Reader, StoreError> {
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
     .map_err(|e| StoreError::Open(format!("cannot open {} to read: {e}", path.display())))?;
     configure(&conn, true)?;
-    Ok(Reader::new(conn))
+    Ok(Reader::new(conn, secrets))
 }
 
 /// SHA-256 of an API token: what the keys table holds instead of the token.
@@ -241,12 +278,16 @@ pub fn bootstrap_admin(
 /// A new hook as the API validated it.
 #[derive(Debug, Clone)]
 pub struct NewHook {
+    /// Chosen before the insert: the handshake that precedes it names the hook.
+    pub id: String,
     pub tenant: String,
     pub target_url: String,
     pub events: Vec<String>,
     pub payload: PayloadKind,
     pub batch_max: u32,
     pub status: crate::model::HookStatus,
+    /// Hash of the handshake code, while the hook waits for `verify`.
+    pub verify_code_hash: Option<Vec<u8>>,
 }
 
 /// Changes to a hook; `None` leaves a field as it is.
@@ -256,6 +297,9 @@ pub struct HookPatch {
     pub events: Option<Vec<String>>,
     pub payload: Option<PayloadKind>,
     pub batch_max: Option<u32>,
+    /// A new URL whose handshake failed, with the hash of its code: kept aside until
+    /// `verify`, while the current URL keeps receiving.
+    pub pending_target: Option<(String, Vec<u8>)>,
 }
 
 /// One event to publish, validated.
@@ -291,11 +335,18 @@ impl Store {
     }
 
     /// Sends one operation and waits until its transaction is committed (or failed).
-    fn call(&self, op: WriteOp, wait_for_room: Option<Duration>) -> Result<WriteOutput, StoreError> {
+    fn call(
+        &self,
+        op: WriteOp,
+        wait_for_room: Option<Duration>,
+    ) -> Result<WriteOutput, StoreError> {
         let (reply, result) = bounded(1);
         let request = writer::Request { op, reply };
         match wait_for_room {
-            Some(t) => self.tx.send_timeout(request, t).map_err(|_| StoreError::Busy)?,
+            Some(t) => self
+                .tx
+                .send_timeout(request, t)
+                .map_err(|_| StoreError::Busy)?,
             None => self.tx.send(request).map_err(|_| StoreError::Busy)?,
         }
         result.recv().map_err(|_| StoreError::Busy)?

@@ -11,13 +11,17 @@ use crate::clock::{now_ms, Millis};
 use crate::ids::new_id;
 use crate::model::{ApiKey, Hook, HookStatus, Role};
 use crate::retry::Verdict;
+use crate::secrets::SecretBox;
 
+/// How long the previous secret keeps signing after a rotation.
+const ROTATION_OVERLAP_MS: i64 = 24 * 3600 * 1000;
 /// How long an idempotency key is remembered.
 const IDEMPOTENCY_TTL_MS: i64 = 24 * 3600 * 1000;
 
 pub(super) fn apply(
     conn: &Connection,
     index: &FanoutIndex,
+    secrets: &SecretBox,
     op: WriteOp,
     fx: &mut Effects,
 ) -> Result<WriteOutput, StoreError> {
@@ -28,15 +32,31 @@ pub(super) fn apply(
             tenant,
         } => insert_key(conn, &token_hash, role, tenant.as_deref()).map(WriteOutput::Key),
         WriteOp::RevokeKey { id } => revoke_key(conn, &id).map(|_| WriteOutput::Done),
-        WriteOp::CreateHook(new) => create_hook(conn, new, fx).map(WriteOutput::Hook),
+        WriteOp::CreateHook {
+            hook,
+            max_per_tenant,
+        } => create_hook(conn, secrets, hook, max_per_tenant, fx).map(WriteOutput::Hook),
         WriteOp::UpdateHook { id, scope, patch } => {
-            update_hook(conn, &id, scope.as_deref(), patch, fx).map(WriteOutput::Hook)
+            update_hook(conn, secrets, &id, scope.as_deref(), patch, fx).map(WriteOutput::Hook)
         }
         WriteOp::DeleteHook { id, scope } => {
-            delete_hook(conn, &id, scope.as_deref(), fx).map(|_| WriteOutput::Done)
+            delete_hook(conn, secrets, &id, scope.as_deref(), fx).map(|_| WriteOutput::Done)
         }
         WriteOp::ActivateHook { id, scope } => {
-            activate_hook(conn, &id, scope.as_deref(), fx).map(WriteOutput::Hook)
+            activate_hook(conn, secrets, &id, scope.as_deref(), fx).map(WriteOutput::Hook)
+        }
+        WriteOp::SetVerification { id, code_hash } => {
+            set_verification(conn, &id, &code_hash).map(|_| WriteOutput::Done)
+        }
+        WriteOp::VerifyHook {
+            id,
+            scope,
+            code_hash,
+        } => {
+            verify_hook(conn, secrets, &id, scope.as_deref(), &code_hash, fx).map(WriteOutput::Hook)
+        }
+        WriteOp::RotateSecret { id, scope } => {
+            rotate_secret(conn, secrets, &id, scope.as_deref()).map(WriteOutput::Hook)
         }
         WriteOp::Publish {
             events,
@@ -50,7 +70,7 @@ pub(super) fn apply(
         WriteOp::RecordAttempt {
             record,
             disable_after,
-        } => record_attempt(conn, record, disable_after, fx).map(WriteOutput::Next),
+        } => record_attempt(conn, secrets, record, disable_after, fx).map(WriteOutput::Next),
         WriteOp::RetryDelivery { id, scope } => {
             retry_delivery(conn, &id, scope.as_deref(), fx).map(|_| WriteOutput::Done)
         }
@@ -58,7 +78,7 @@ pub(super) fn apply(
             hook_id,
             scope,
             since,
-        } => replay(conn, &hook_id, scope.as_deref(), since, fx).map(WriteOutput::Count),
+        } => replay(conn, secrets, &hook_id, scope.as_deref(), since, fx).map(WriteOutput::Count),
     }
 }
 
@@ -119,11 +139,16 @@ fn revoke_key(conn: &Connection, id: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn load_hook(conn: &Connection, id: &str, scope: Option<&str>) -> Result<Hook, StoreError> {
+fn load_hook(
+    conn: &Connection,
+    secrets: &SecretBox,
+    id: &str,
+    scope: Option<&str>,
+) -> Result<Hook, StoreError> {
     let sql = format!("SELECT {HOOK_COLUMNS} FROM hooks WHERE id = ?1 AND deleted_at IS NULL");
     let hook = conn
         .prepare_cached(&sql)
-        .and_then(|mut s| s.query_row([id], hook_from_row).optional())
+        .and_then(|mut s| s.query_row([id], |r| hook_from_row(r, secrets)).optional())
         .ctx("loading a hook")?
         .ok_or(StoreError::NotFound)?;
     match scope {
@@ -140,10 +165,26 @@ fn index_upsert(hook: &Hook) -> IndexChange {
     }
 }
 
-fn create_hook(conn: &Connection, new: NewHook, fx: &mut Effects) -> Result<Hook, StoreError> {
+fn create_hook(
+    conn: &Connection,
+    secrets: &SecretBox,
+    new: NewHook,
+    max_per_tenant: u32,
+    fx: &mut Effects,
+) -> Result<Hook, StoreError> {
+    let live: i64 = conn
+        .prepare_cached("SELECT count(*) FROM hooks WHERE tenant = ?1 AND deleted_at IS NULL")
+        .and_then(|mut s| s.query_row([&new.tenant], |r| r.get(0)))
+        .ctx("counting a tenant's hooks")?;
+    if live >= i64::from(max_per_tenant) {
+        return Err(StoreError::Conflict(format!(
+            "tenant `{}` already holds {live} hooks, the most allowed (--max-hooks-per-tenant)",
+            new.tenant
+        )));
+    }
     let now = now_ms();
     let hook = Hook {
-        id: new_id("hook"),
+        id: new.id,
         tenant: new.tenant,
         target_url: new.target_url,
         events: new.events,
@@ -151,14 +192,16 @@ fn create_hook(conn: &Connection, new: NewHook, fx: &mut Effects) -> Result<Hook
         batch_max: new.batch_max,
         status: new.status,
         secret: crate::sign::new_secret(),
+        previous_secret: None,
+        pending_target_url: None,
         consecutive_failures: 0,
         created_at: now,
         updated_at: now,
     };
     conn.prepare_cached(
         "INSERT INTO hooks (id, tenant, target_url, events, payload, batch_max, status, secret,
-                            created_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9)",
+                            verify_code_hash, created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10)",
     )
     .and_then(|mut s| {
         s.execute(params![
@@ -169,7 +212,8 @@ fn create_hook(conn: &Connection, new: NewHook, fx: &mut Effects) -> Result<Hook
             hook.payload.as_str(),
             hook.batch_max,
             hook.status.as_str(),
-            hook.secret,
+            secrets.seal(&hook.secret, &hook.id),
+            new.verify_code_hash,
             now
         ])
     })
@@ -180,14 +224,23 @@ fn create_hook(conn: &Connection, new: NewHook, fx: &mut Effects) -> Result<Hook
 
 fn update_hook(
     conn: &Connection,
+    secrets: &SecretBox,
     id: &str,
     scope: Option<&str>,
     patch: HookPatch,
     fx: &mut Effects,
 ) -> Result<Hook, StoreError> {
-    let mut hook = load_hook(conn, id, scope)?;
+    let mut hook = load_hook(conn, secrets, id, scope)?;
     if let Some(u) = patch.target_url {
+        // Verified (or trusted): it takes effect now, and any older pending change goes.
         hook.target_url = u;
+        hook.pending_target_url = None;
+        set_verification(conn, &hook.id, &[])?;
+    }
+    if let Some((u, code_hash)) = patch.pending_target {
+        // Not verified yet: the old URL keeps receiving until `verify` finishes it.
+        hook.pending_target_url = Some(u);
+        set_verification(conn, &hook.id, &code_hash)?;
     }
     if let Some(e) = patch.events {
         hook.events = e;
@@ -201,7 +254,7 @@ fn update_hook(
     hook.updated_at = now_ms();
     conn.prepare_cached(
         "UPDATE hooks SET target_url = ?2, events = ?3, payload = ?4, batch_max = ?5,
-                          updated_at = ?6
+                          updated_at = ?6, pending_target_url = ?7
          WHERE id = ?1",
     )
     .and_then(|mut s| {
@@ -211,7 +264,8 @@ fn update_hook(
             json!(hook.events).to_string(),
             hook.payload.as_str(),
             hook.batch_max,
-            hook.updated_at
+            hook.updated_at,
+            hook.pending_target_url
         ])
     })
     .ctx("updating a hook")?;
@@ -221,11 +275,12 @@ fn update_hook(
 
 fn delete_hook(
     conn: &Connection,
+    secrets: &SecretBox,
     id: &str,
     scope: Option<&str>,
     fx: &mut Effects,
 ) -> Result<(), StoreError> {
-    let hook = load_hook(conn, id, scope)?;
+    let hook = load_hook(conn, secrets, id, scope)?;
     let now = now_ms();
     conn.execute(
         "UPDATE hooks SET deleted_at = ?2, updated_at = ?2 WHERE id = ?1",
@@ -248,17 +303,20 @@ fn delete_hook(
 
 fn activate_hook(
     conn: &Connection,
+    secrets: &SecretBox,
     id: &str,
     scope: Option<&str>,
     fx: &mut Effects,
 ) -> Result<Hook, StoreError> {
-    let mut hook = load_hook(conn, id, scope)?;
+    let mut hook = load_hook(conn, secrets, id, scope)?;
     let now = now_ms();
     hook.status = HookStatus::Active;
     hook.consecutive_failures = 0;
     hook.updated_at = now;
     conn.execute(
-        "UPDATE hooks SET status = 'active', consecutive_failures = 0, updated_at = ?2
+        "UPDATE hooks SET status = 'active', consecutive_failures = 0, updated_at = ?2,
+                          verify_code_hash = CASE WHEN pending_target_url IS NULL
+                                                  THEN NULL ELSE verify_code_hash END
          WHERE id = ?1",
         params![hook.id, now],
     )
@@ -274,6 +332,87 @@ fn activate_hook(
     Ok(hook)
 }
 
+/// Records the outstanding handshake code (its hash; empty clears it).
+fn set_verification(conn: &Connection, id: &str, code_hash: &[u8]) -> Result<(), StoreError> {
+    let value = (!code_hash.is_empty()).then_some(code_hash);
+    conn.prepare_cached("UPDATE hooks SET verify_code_hash = ?2 WHERE id = ?1")
+        .and_then(|mut s| s.execute(params![id, value]))
+        .ctx("storing a handshake code")?;
+    Ok(())
+}
+
+/// Podio-style late verification: the subscriber sends back the code it was given.
+fn verify_hook(
+    conn: &Connection,
+    secrets: &SecretBox,
+    id: &str,
+    scope: Option<&str>,
+    code_hash: &[u8],
+    fx: &mut Effects,
+) -> Result<Hook, StoreError> {
+    let hook = load_hook(conn, secrets, id, scope)?;
+    let stored: Option<Vec<u8>> = conn
+        .query_row(
+            "SELECT verify_code_hash FROM hooks WHERE id = ?1",
+            [id],
+            |r| r.get(0),
+        )
+        .ctx("loading a handshake code")?;
+    let Some(stored) = stored else {
+        return Err(StoreError::Conflict(
+            "this hook has no verification outstanding".into(),
+        ));
+    };
+    if !crate::sign::constant_time_eq(&stored, code_hash) {
+        return Err(StoreError::Rejected(
+            "`code` does not match the code sent in the handshake".into(),
+        ));
+    }
+    let now = now_ms();
+    conn.execute(
+        "UPDATE hooks SET target_url = coalesce(pending_target_url, target_url),
+                          pending_target_url = NULL, verify_code_hash = NULL,
+                          status = CASE WHEN status = 'pending' THEN 'active' ELSE status END,
+                          updated_at = ?2
+         WHERE id = ?1",
+        params![id, now],
+    )
+    .ctx("verifying a hook")?;
+    if hook.status == HookStatus::Inactive {
+        // The handshake of an `activate` finished late: the activation goes ahead.
+        return activate_hook(conn, secrets, id, scope, fx);
+    }
+    load_hook(conn, secrets, id, scope)
+}
+
+/// A new secret; the old one keeps signing for 24 hours so receivers can switch.
+fn rotate_secret(
+    conn: &Connection,
+    secrets: &SecretBox,
+    id: &str,
+    scope: Option<&str>,
+) -> Result<Hook, StoreError> {
+    let mut hook = load_hook(conn, secrets, id, scope)?;
+    let now = now_ms();
+    let until = now + ROTATION_OVERLAP_MS;
+    let old = std::mem::replace(&mut hook.secret, crate::sign::new_secret());
+    conn.execute(
+        "UPDATE hooks SET secret = ?2, previous_secret = ?3, previous_until = ?4, updated_at = ?5
+         WHERE id = ?1",
+        params![
+            hook.id,
+            secrets.seal(&hook.secret, &hook.id),
+            secrets.seal(&old, &hook.id),
+            until,
+            now
+        ],
+    )
+    .ctx("rotating a secret")?;
+    hook.previous_secret = Some((old, until));
+    hook.updated_at = now;
+    Ok(hook)
+}
+
 /// Looks up an idempotency key: `Some(stored response)` for a repeat of the same
 /// request, a conflict for the same key on a different request.
 fn idempotent_replay(
@@ -282,9 +421,7 @@ fn idempotent_replay(
     hash: &[u8],
 ) -> Result<Option<String>, StoreError> {
     let row: Option<(Vec<u8>, String, Millis)> = conn
-        .prepare_cached(
-            "SELECT request_hash, response, created_at FROM idempotency WHERE key = ?1",
-        )
+        .prepare_cached("SELECT request_hash, response, created_at FROM idempotency WHERE key = ?1")
         .and_then(|mut s| {
             s.query_row([key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
                 .optional()
@@ -391,7 +528,10 @@ fn insert_event(
                  WHERE id = ?1 AND deleted_at IS NULL AND status IN ('active', 'inactive')
                  RETURNING last_seq, batch_max",
             )
-            .and_then(|mut s| s.query_row([&hook_id], |r| Ok((r.get(0)?, r.get(1)?))).optional())
+            .and_then(|mut s| {
+                s.query_row([&hook_id], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()
+            })
             .ctx("numbering a delivery")?;
         let Some((seq, batch_max)) = next else {
             continue;
@@ -421,13 +561,16 @@ fn claim_batch(conn: &Connection, batch_id: &str, ids: &[String]) -> Result<u64,
         .ctx("preparing a batch claim")?;
     let mut n = 0;
     for id in ids {
-        n += stmt.execute(params![batch_id, id]).ctx("claiming a batch")? as u64;
+        n += stmt
+            .execute(params![batch_id, id])
+            .ctx("claiming a batch")? as u64;
     }
     Ok(n)
 }
 
 fn record_attempt(
     conn: &Connection,
+    secrets: &SecretBox,
     record: AttemptRecord,
     disable_after: u32,
     fx: &mut Effects,
@@ -466,7 +609,7 @@ fn record_attempt(
 
     if record.verdict == Verdict::Gone {
         log::info!("hook {} answered 410 Gone: unsubscribed", record.hook_id);
-        match delete_hook(conn, &record.hook_id, None, fx) {
+        match delete_hook(conn, secrets, &record.hook_id, None, fx) {
             Ok(()) | Err(StoreError::NotFound) => {}
             Err(e) => return Err(e),
         }
@@ -510,7 +653,10 @@ fn next_due(conn: &Connection, hook_id: &str) -> Result<Option<Millis>, StoreErr
            AND h.status = 'active' AND h.deleted_at IS NULL
          ORDER BY d.seq LIMIT 1",
     )
-    .and_then(|mut s| s.query_row([hook_id], |r| r.get::<_, Option<Millis>>(0)).optional())
+    .and_then(|mut s| {
+        s.query_row([hook_id], |r| r.get::<_, Option<Millis>>(0))
+            .optional()
+    })
     .ctx("finding the next due delivery")
     .map(|o| o.map(|at| at.unwrap_or(0)))
 }
@@ -565,12 +711,13 @@ fn retry_delivery(
 
 fn replay(
     conn: &Connection,
+    secrets: &SecretBox,
     hook_id: &str,
     scope: Option<&str>,
     since: Millis,
     fx: &mut Effects,
 ) -> Result<u64, StoreError> {
-    load_hook(conn, hook_id, scope)?;
+    load_hook(conn, secrets, hook_id, scope)?;
     let now = now_ms();
     let batches: i64 = conn
         .query_row(

@@ -1,6 +1,8 @@
 //! Read-only queries, one connection per thread that reads. Every list is keyset
 //! paginated (`after`/`before` a cursor), never OFFSET.
 
+use std::sync::Arc;
+
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::{Context, StoreError};
@@ -8,23 +10,40 @@ use crate::clock::Millis;
 use crate::model::{
     ApiKey, Attempt, Delivery, DeliveryStatus, Event, Hook, HookStatus, PayloadKind, Role,
 };
+use crate::secrets::SecretBox;
 
 pub(super) const HOOK_COLUMNS: &str = "id, tenant, target_url, events, payload, batch_max, \
-     status, secret, consecutive_failures, created_at, updated_at";
+     status, secret, consecutive_failures, created_at, updated_at, previous_secret, \
+     previous_until, pending_target_url";
 
-pub(super) fn hook_from_row(r: &Row) -> rusqlite::Result<Hook> {
+pub(super) fn hook_from_row(r: &Row, secrets: &SecretBox) -> rusqlite::Result<Hook> {
     let events: String = r.get(3)?;
     let payload: String = r.get(4)?;
     let status: String = r.get(6)?;
+    let id: String = r.get(0)?;
+    let open = |sealed: String| {
+        secrets.open(&sealed, &id).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(7, rusqlite::types::Type::Text, e.into())
+        })
+    };
+    let previous = match (
+        r.get::<_, Option<String>>(11)?,
+        r.get::<_, Option<i64>>(12)?,
+    ) {
+        (Some(sealed), Some(until)) => Some((open(sealed)?, until)),
+        _ => None,
+    };
     Ok(Hook {
-        id: r.get(0)?,
+        secret: open(r.get(7)?)?,
+        previous_secret: previous,
+        pending_target_url: r.get(13)?,
+        id,
         tenant: r.get(1)?,
         target_url: r.get(2)?,
         events: serde_json::from_str(&events).unwrap_or_default(),
         payload: PayloadKind::parse(&payload).unwrap_or(PayloadKind::Skinny),
         batch_max: r.get(5)?,
         status: HookStatus::parse(&status).unwrap_or(HookStatus::Pending),
-        secret: r.get(7)?,
         consecutive_failures: r.get(8)?,
         created_at: r.get(9)?,
         updated_at: r.get(10)?,
@@ -78,11 +97,12 @@ fn outbox_from_row(r: &Row) -> rusqlite::Result<OutboxRow> {
 
 pub struct Reader {
     conn: Connection,
+    secrets: Arc<SecretBox>,
 }
 
 impl Reader {
-    pub(super) fn new(conn: Connection) -> Reader {
-        Reader { conn }
+    pub(super) fn new(conn: Connection, secrets: Arc<SecretBox>) -> Reader {
+        Reader { conn, secrets }
     }
 
     /// Answers when the database does.
@@ -121,7 +141,10 @@ impl Reader {
         let sql = format!("SELECT {HOOK_COLUMNS} FROM hooks WHERE id = ?1 AND deleted_at IS NULL");
         self.conn
             .prepare_cached(&sql)
-            .and_then(|mut s| s.query_row([id], hook_from_row).optional())
+            .and_then(|mut s| {
+                s.query_row([id], |r| hook_from_row(r, &self.secrets))
+                    .optional()
+            })
             .ctx("loading a hook")
     }
 
@@ -139,7 +162,9 @@ impl Reader {
         );
         let mut stmt = self.conn.prepare_cached(&sql).ctx("listing hooks")?;
         let rows = stmt
-            .query_map(params![tenant, after, limit], hook_from_row)
+            .query_map(params![tenant, after, limit], |r| {
+                hook_from_row(r, &self.secrets)
+            })
             .ctx("listing hooks")?;
         rows.collect::<Result<_, _>>().ctx("reading hooks")
     }
@@ -159,7 +184,10 @@ impl Reader {
                 "SELECT 1 FROM deliveries d JOIN hooks h ON h.id = d.hook_id
                  WHERE d.event_id = ?1 AND h.tenant = ?2 LIMIT 1",
             )
-            .and_then(|mut s| s.query_row(params![event_id, tenant], |_| Ok(())).optional())
+            .and_then(|mut s| {
+                s.query_row(params![event_id, tenant], |_| Ok(()))
+                    .optional()
+            })
             .ctx("checking an event's deliveries")
             .map(|o| o.is_some())
     }
@@ -326,7 +354,9 @@ impl Reader {
                  WHERE status IN ('pending', 'failed')",
             )
             .ctx("finding queued work")?;
-        let rows = stmt.query_map([], |r| r.get(0)).ctx("finding queued work")?;
+        let rows = stmt
+            .query_map([], |r| r.get(0))
+            .ctx("finding queued work")?;
         rows.collect::<Result<_, _>>().ctx("finding queued work")
     }
 }

@@ -7,6 +7,7 @@
 //! and every publish passes through here: the index is exactly what was committed.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, Sender};
 use rusqlite::{Connection, TransactionBehavior};
@@ -15,6 +16,7 @@ use super::{ops, AttemptRecord, Context, HookPatch, NewEvent, NewHook, StoreErro
 use crate::clock::Millis;
 use crate::model::{ApiKey, Hook, Role};
 use crate::patterns::TenantIndex;
+use crate::secrets::SecretBox;
 
 /// Most requests folded into one transaction; bounds the time one commit holds answers.
 const MAX_GROUP: usize = 512;
@@ -30,7 +32,11 @@ pub enum WriteOp {
     RevokeKey {
         id: String,
     },
-    CreateHook(NewHook),
+    /// Refused (`Conflict`) when the tenant already holds `max_per_tenant` hooks.
+    CreateHook {
+        hook: NewHook,
+        max_per_tenant: u32,
+    },
     /// `scope`: the subscriber's tenant; a hook outside it is `NotFound`.
     UpdateHook {
         id: String,
@@ -42,6 +48,21 @@ pub enum WriteOp {
         scope: Option<String>,
     },
     ActivateHook {
+        id: String,
+        scope: Option<String>,
+    },
+    /// Stores the hash of an outstanding handshake code.
+    SetVerification {
+        id: String,
+        code_hash: Vec<u8>,
+    },
+    /// Finishes a handshake with the code the subscriber sends back.
+    VerifyHook {
+        id: String,
+        scope: Option<String>,
+        code_hash: Vec<u8>,
+    },
+    RotateSecret {
         id: String,
         scope: Option<String>,
     },
@@ -77,7 +98,9 @@ pub enum WriteOutput {
     Key(ApiKey),
     Hook(Hook),
     /// The response body of a publish, and whether it is a stored repeat.
-    Published { body: String },
+    Published {
+        body: String,
+    },
     Count(u64),
     /// After an attempt: when the hook's next delivery is due, if it has one and may send.
     Next(Option<Millis>),
@@ -170,7 +193,12 @@ impl FanoutIndex {
 }
 
 /// Runs until every `Store` handle is dropped and the queue is empty.
-pub fn run(mut conn: Connection, requests: Receiver<Request>, wakeups: Sender<Wakeup>) {
+pub fn run(
+    mut conn: Connection,
+    secrets: Arc<SecretBox>,
+    requests: Receiver<Request>,
+    wakeups: Sender<Wakeup>,
+) {
     let mut index = match FanoutIndex::load(&conn) {
         Ok(i) => i,
         Err(e) => {
@@ -187,7 +215,7 @@ pub fn run(mut conn: Connection, requests: Receiver<Request>, wakeups: Sender<Wa
                 Err(_) => break,
             }
         }
-        commit_group(&mut conn, &mut index, &mut group, &wakeups);
+        commit_group(&mut conn, &mut index, &secrets, &mut group, &wakeups);
     }
     log::debug!("writer: queue closed, stopping");
 }
@@ -195,6 +223,7 @@ pub fn run(mut conn: Connection, requests: Receiver<Request>, wakeups: Sender<Wa
 fn commit_group(
     conn: &mut Connection,
     index: &mut FanoutIndex,
+    secrets: &SecretBox,
     group: &mut Vec<Request>,
     wakeups: &Sender<Wakeup>,
 ) {
@@ -211,7 +240,7 @@ fn commit_group(
             // is rolled back alone and the others still commit.
             let mut sp = tx.savepoint().ctx("opening a savepoint")?;
             let mut op_effects = Effects::default();
-            let result = ops::apply(&sp, index, op, &mut op_effects);
+            let result = ops::apply(&sp, index, secrets, op, &mut op_effects);
             if result.is_ok() {
                 sp.commit().ctx("releasing a savepoint")?;
                 effects.index.append(&mut op_effects.index);

@@ -332,9 +332,8 @@ impl Hookd {
         thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    // Nobody listens any more; keep draining so the child never blocks.
-                }
+                // Once nobody listens, keep draining so the child never blocks on a pipe.
+                let _ = tx.send(line);
             }
         });
         let sink = Arc::clone(&self.stderr);
@@ -677,15 +676,26 @@ impl Resp {
     /// code and a non-empty message; returns the message.
     #[track_caller]
     pub fn expect_error(&self, status: u16, code: &str) -> String {
+        let (got, msg) = self.expect_error_any(status);
+        assert_eq!(got, code, "wrong error code: {self}");
+        msg
+    }
+
+    /// Asserts an error answer with any code: the status and
+    /// `{"error":{"code","message"}}` with non-empty strings; returns (code, message).
+    #[track_caller]
+    pub fn expect_error_any(&self, status: u16) -> (String, String) {
         assert_eq!(self.status, status, "unexpected status: {self}");
         let err = &self.body["error"];
         assert!(err.is_object(), "no {{\"error\": {{…}}}} object: {self}");
-        assert_eq!(err["code"], code, "wrong error code: {self}");
-        let msg = err["message"]
-            .as_str()
-            .unwrap_or_else(|| panic!("error.message is not a string: {self}"));
-        assert!(!msg.is_empty(), "empty error message: {self}");
-        msg.to_string()
+        let text = |k: &str| {
+            let v = err[k]
+                .as_str()
+                .unwrap_or_else(|| panic!("error.{k} is not a string: {self}"));
+            assert!(!v.is_empty(), "empty error.{k}: {self}");
+            v.to_string()
+        };
+        (text("code"), text("message"))
     }
 }
 
