@@ -75,11 +75,6 @@ impl ApiError {
         )
     }
 
-    /// 400 for a request line or header block past its cap.
-    pub fn too_long(code: &'static str, what: &str, max: usize) -> ApiError {
-        ApiError::new(400, code, format!("the {what} is longer than {max} bytes"))
-    }
-
     pub fn rate_limited(retry_after: u64) -> ApiError {
         ApiError {
             retry_after: Some(retry_after),

@@ -27,11 +27,6 @@ use crate::model::{ApiKey, Role};
 use crate::store::{self, Reader, Store};
 use crate::target::Policy;
 
-/// Longest request target (path and query) accepted.
-const MAX_URL: usize = 8 * 1024;
-/// Most header bytes accepted in one request.
-const MAX_HEADER_BYTES: usize = 16 * 1024;
-
 /// What one handler thread works with.
 pub struct Ctx {
     pub store: Store,
@@ -200,21 +195,6 @@ fn route(path: &str) -> Option<Route<'_>> {
 }
 
 fn handle(ctx: &Ctx, request: &mut Request) -> Handled {
-    if request.url().len() > MAX_URL {
-        return Err(ApiError::too_long("url_too_long", "request URL", MAX_URL));
-    }
-    let header_bytes: usize = request
-        .headers()
-        .iter()
-        .map(|h| h.field.as_str().as_str().len() + h.value.as_str().len() + 4)
-        .sum();
-    if header_bytes > MAX_HEADER_BYTES {
-        return Err(ApiError::too_long(
-            "headers_too_large",
-            "request headers",
-            MAX_HEADER_BYTES,
-        ));
-    }
     let url = request.url().to_string();
     let path = url.split('?').next().unwrap_or("");
     let route = route(path).ok_or_else(|| ApiError::not_found(&format!("route {path}")))?;
