@@ -97,3 +97,4 @@ CREATE TABLE idempotency (
     response     TEXT NOT NULL,
     created_at   INTEGER NOT NULL
 );
+CREATE INDEX idempotency_by_time ON idempotency (created_at);

@@ -81,6 +81,12 @@ pub struct ServeArgs {
     /// Most live hooks one tenant may hold.
     #[arg(long, env = "HOOKD_MAX_HOOKS_PER_TENANT", default_value_t = 1000)]
     pub max_hooks_per_tenant: u32,
+    /// How long in-flight deliveries may take to finish at shutdown.
+    #[arg(long, env = "HOOKD_SHUTDOWN_TIMEOUT", default_value = "10s")]
+    pub shutdown_timeout: String,
+    /// Delivered and dead deliveries (and events no longer needed) are pruned after this.
+    #[arg(long, env = "HOOKD_RETENTION", default_value = "7d")]
+    pub retention: String,
     /// A client connection that sends nothing for this long is closed.
     #[arg(long, env = "HOOKD_READ_TIMEOUT", default_value = "10s")]
     pub read_timeout: String,
@@ -108,6 +114,8 @@ pub struct Config {
     pub rate_limit: u32,
     pub max_hooks_per_tenant: u32,
     pub read_timeout: Duration,
+    pub shutdown_timeout: Duration,
+    pub retention: Duration,
 }
 
 #[derive(Debug)]
@@ -143,6 +151,13 @@ impl ServeArgs {
             .map_err(|e| ConfigError(format!("--read-timeout: {e}")))?;
         if read_timeout.is_zero() {
             return Err(ConfigError("--read-timeout must be above 0".into()));
+        }
+        let shutdown_timeout = parse_duration(&self.shutdown_timeout)
+            .map_err(|e| ConfigError(format!("--shutdown-timeout: {e}")))?;
+        let retention = parse_duration(&self.retention)
+            .map_err(|e| ConfigError(format!("--retention: {e}")))?;
+        if retention.is_zero() {
+            return Err(ConfigError("--retention must be above 0".into()));
         }
         let mut target_policy = crate::target::Policy {
             allow_private: self.allow_private_targets,
@@ -200,6 +215,8 @@ impl ServeArgs {
             rate_limit: self.rate_limit,
             max_hooks_per_tenant: self.max_hooks_per_tenant,
             read_timeout,
+            shutdown_timeout,
+            retention,
         })
     }
 }
@@ -218,7 +235,7 @@ pub fn parse_schedule(s: &str) -> Result<Vec<Duration>, String> {
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let split = s
         .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(|| format!("`{s}` needs a unit (ms, s, m, h)"))?;
+        .ok_or_else(|| format!("`{s}` needs a unit (ms, s, m, h, d)"))?;
     let (num, unit) = s.split_at(split);
     let n: u64 = num
         .parse()
@@ -228,7 +245,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "s" => n.saturating_mul(1000),
         "m" => n.saturating_mul(60_000),
         "h" => n.saturating_mul(3_600_000),
-        _ => return Err(format!("`{s}`: unknown unit `{unit}` (use ms, s, m, h)")),
+        "d" => n.saturating_mul(86_400_000),
+        _ => return Err(format!("`{s}`: unknown unit `{unit}` (use ms, s, m, h, d)")),
     };
     Ok(Duration::from_millis(ms))
 }
@@ -252,7 +270,11 @@ mod tests {
 
     #[test]
     fn rejects_bad_durations() {
-        for bad in ["5", "s", "5d", "-1s", "1.5s", "5 s"] {
+        assert_eq!(
+            parse_duration("7d").unwrap(),
+            Duration::from_secs(7 * 86_400)
+        );
+        for bad in ["5", "s", "5w", "-1s", "1.5s", "5 s"] {
             assert!(parse_duration(bad).is_err(), "{bad} should be refused");
         }
     }

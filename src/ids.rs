@@ -36,6 +36,16 @@ pub fn new_id(prefix: &str) -> String {
         };
         (u128::from(last.0) << 80) | rand
     };
+    encode(prefix, value)
+}
+
+/// The smallest id with `prefix` made at `ms`: every id made earlier sorts below it,
+/// which lets retention find old rows through the primary key alone.
+pub fn id_at(prefix: &str, ms: i64) -> String {
+    encode(prefix, u128::from(ms.max(0) as u64) << 80)
+}
+
+fn encode(prefix: &str, value: u128) -> String {
     let mut out = String::with_capacity(prefix.len() + 27);
     out.push_str(prefix);
     out.push('_');
@@ -67,5 +77,7 @@ mod tests {
         let b = new_id("evt");
         assert!(a.starts_with("evt_") && a.len() == 30, "{a}");
         assert!(b > a, "{b} should sort after {a}");
+        let now = crate::clock::now_ms();
+        assert!(id_at("evt", now - 1) < a && a < id_at("evt", now + 1000));
     }
 }

@@ -2,9 +2,10 @@
 //! threads.
 //!
 //! ```text
-//!  HTTP handlers ──WriteOp──▶ writer ──Wakeup──▶ scheduler ──Job──▶ dispatchers
-//!        ▲ reads                 │ commits            ▲                 │ HTTP (ureq)
-//!        └────── SQLite (WAL) ◀──┘                    └──────Done───────┘
+//!  HTTP handlers ──WriteOp──▶ writer ──Wakeup──▶ scheduler ──Job (fast/slow)──▶ dispatchers
+//!        ▲ reads                 │ commits  ▲           ▲                          │ HTTP (ureq)
+//!        └────── SQLite (WAL) ◀──┘          │           └───────────Done───────────┘
+//!                               janitor ────┘ (Prune, every so often)
 //! ```
 
 use std::net::TcpListener;
@@ -13,16 +14,14 @@ use std::sync::Arc;
 use std::thread::{Builder, JoinHandle};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, unbounded};
+use crossbeam_channel::{bounded, unbounded, Receiver};
 
 use crate::config::Config;
 use crate::dispatch::{self, worker};
-use crate::store::{self, Store};
+use crate::store::{self, Store, WriteOp, WriteOutput};
 
 /// Room in the writer's queue; when it is full, publishes wait briefly and then get 503.
 const WRITER_QUEUE: usize = 8192;
-/// How long in-flight deliveries may take to finish at shutdown.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 pub type Error = Box<dyn std::error::Error>;
 
@@ -43,6 +42,12 @@ fn bind(addr: std::net::SocketAddr, timeout: Duration) -> Result<TcpListener, Er
 
 /// Runs `hookd serve` until SIGINT or SIGTERM.
 pub fn run(config: Config) -> Result<(), Error> {
+    // Every client connection and every delivery connection is a descriptor: take all
+    // the operating system allows, not the default soft limit (often 1024).
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => log::debug!("file descriptor limit: {n}"),
+        Err(e) => log::warn!("cannot raise the file descriptor limit: {e}"),
+    }
     let mut opened = store::open(&config.db, &config.secrets_key_file)?;
     if let Some(token) =
         store::bootstrap_admin(&mut opened.writer_conn, config.admin_token.as_deref())?
@@ -55,9 +60,12 @@ pub fn run(config: Config) -> Result<(), Error> {
 
     let (write_tx, write_rx) = bounded(WRITER_QUEUE);
     let (wake_tx, wake_rx) = unbounded();
-    let (job_tx, job_rx) = unbounded();
+    let (fast_tx, fast_rx) = unbounded();
+    let (slow_tx, slow_rx) = unbounded();
     let (done_tx, done_rx) = unbounded();
-    let (stop_tx, stop_rx) = bounded::<()>(1);
+    // Never sent on: dropping the sender is the stop signal for every receiver.
+    let (stop_tx, stop_rx) = bounded::<()>(0);
+    let stop_janitor_rx = stop_rx.clone();
     let stopping = Arc::new(AtomicBool::new(false));
     let store = Store::new(write_tx);
 
@@ -98,8 +106,12 @@ pub fn run(config: Config) -> Result<(), Error> {
         })?);
     }
 
+    let lanes = dispatch::LaneSenders {
+        fast: fast_tx,
+        slow: slow_tx,
+    };
     let scheduler = spawn("scheduler".into(), move || {
-        dispatch::run_scheduler(initial, wake_rx, done_rx, job_tx, stop_rx)
+        dispatch::run_scheduler(initial, wake_rx, done_rx, lanes, stop_rx)
     })?;
     let shared = worker::Shared {
         store: store.clone(),
@@ -109,63 +121,140 @@ pub fn run(config: Config) -> Result<(), Error> {
         stopping: stopping.clone(),
     };
     let (finished_tx, finished_rx) = unbounded::<()>();
+    let slow_lane = dispatch::slow_lane_size(config.dispatchers);
     let mut dispatchers = Vec::new();
     for i in 0..config.dispatchers {
-        let (shared, jobs, done) = (shared.clone(), job_rx.clone(), done_tx.clone());
+        let lanes = if i < slow_lane {
+            worker::Lanes::Slow {
+                slow: slow_rx.clone(),
+                fast: fast_rx.clone(),
+            }
+        } else {
+            worker::Lanes::Fast(fast_rx.clone())
+        };
+        let (shared, done) = (shared.clone(), done_tx.clone());
         let reader = reader()?;
         let finished = finished_tx.clone();
         dispatchers.push(spawn(format!("dispatch-{i}"), move || {
-            worker::run(shared, reader, jobs, done);
+            worker::run(shared, reader, lanes, done);
             drop(finished);
         })?);
     }
-    drop((shared, job_rx, done_tx, finished_tx));
+    drop((shared, fast_rx, slow_rx, done_tx, finished_tx));
+
+    let janitor_store = store.clone();
+    let janitor_stop = stop_janitor_rx;
+    let retention = config.retention;
+    let janitor = spawn("janitor".into(), move || {
+        janitor(janitor_store, retention, janitor_stop)
+    })?;
+
+    // A first SIGINT/SIGTERM starts a clean stop; a second one while stopping exits at
+    // once (signal-hook's documented double-signal pattern).
+    let term = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register_conditional_shutdown(signal, 130, term.clone())?;
+        signal_hook::flag::register(signal, term.clone())?;
+    }
 
     println!("listening on http://{addr}");
     log::info!(
-        "hookd {} serving {} on http://{addr} ({} handlers, {} dispatchers, retry schedule of {} steps)",
+        "hookd {} serving {} on http://{addr}: {} handlers, {} dispatchers ({} in the slow lane), \
+         retry schedule of {} steps, delivery timeout {:?}, retention {:?}{}",
         env!("CARGO_PKG_VERSION"),
         opened.path.display(),
         config.handlers,
         config.dispatchers,
-        config.retry_schedule.len()
+        slow_lane,
+        config.retry_schedule.len(),
+        config.delivery_timeout,
+        config.retention,
+        if config.target_policy.allow_private {
+            ", private targets ALLOWED"
+        } else {
+            ""
+        }
     );
 
-    let mut signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGTERM,
-    ])?;
-    let signal = signals.forever().next();
-    log::info!("signal {signal:?}: stopping");
+    while !term.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    log::info!(
+        "stopping: no new requests; in-flight deliveries get {:?}",
+        config.shutdown_timeout
+    );
 
     // Stop taking requests, then stop handing out deliveries; attempts in flight may
-    // finish (bounded); finally the writer drains its queue and exits.
+    // finish (bounded); then the WAL is checkpointed into the database file.
     stopping.store(true, Ordering::SeqCst);
     http.unblock(handlers.len());
     for h in handlers {
         let _ = h.join();
     }
-    let _ = stop_tx.send(());
+    drop(stop_tx);
     let _ = scheduler.join();
-    let deadline = Instant::now() + SHUTDOWN_GRACE;
-    while Instant::now() < deadline {
-        match finished_rx.recv_deadline(deadline) {
-            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
-            _ => continue,
+    let _ = janitor.join();
+    let deadline = Instant::now() + config.shutdown_timeout;
+    while let Err(crossbeam_channel::RecvTimeoutError::Timeout) | Ok(()) =
+        finished_rx.recv_deadline(deadline)
+    {
+        if Instant::now() >= deadline {
+            break;
         }
     }
-    if dispatchers.iter().all(JoinHandle::is_finished) {
+    let in_flight = dispatchers.iter().filter(|d| !d.is_finished()).count();
+    if in_flight > 0 {
+        log::warn!(
+            "{in_flight} deliveries were still in flight at shutdown; they will be sent again on restart"
+        );
+    }
+    if let Err(e) = store.internal(WriteOp::Checkpoint) {
+        log::warn!("final checkpoint: {e}");
+    }
+    if in_flight == 0 {
         for d in dispatchers {
             let _ = d.join();
         }
         drop(store);
         let _ = writer.join();
-    } else {
-        log::warn!(
-            "some deliveries were still in flight at shutdown; they will be sent again on restart"
-        );
     }
     drop(opened.lock);
     log::info!("stopped");
     Ok(())
+}
+
+/// Retention: every so often, prunes finished deliveries and unneeded events older than
+/// `retention`, in small batches so publishes never wait long behind it.
+fn janitor(store: Store, retention: Duration, stop: Receiver<()>) {
+    let interval = (retention / 10).clamp(Duration::from_secs(1), Duration::from_secs(60));
+    const BATCH: u32 = 500;
+    loop {
+        match stop.recv_timeout(interval) {
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+            _ => return,
+        }
+        let cutoff = crate::clock::now_ms() - retention.as_millis() as i64;
+        let mut pruned = 0;
+        loop {
+            match store.internal(WriteOp::Prune {
+                cutoff,
+                limit: BATCH,
+            }) {
+                Ok(WriteOutput::Count(n)) => {
+                    pruned += n;
+                    if n < u64::from(BATCH) {
+                        break;
+                    }
+                }
+                Ok(_) => break,
+                Err(e) => {
+                    log::warn!("retention: {e}");
+                    break;
+                }
+            }
+        }
+        if pruned > 0 {
+            log::info!("retention: pruned {pruned} finished deliveries");
+        }
+    }
 }

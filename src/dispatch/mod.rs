@@ -6,13 +6,19 @@
 //! from the writer ([`Wakeup`]) and from dispatchers finishing ([`Done`]); at start it
 //! asks the database which hooks have undelivered rows, so work claimed but unfinished
 //! by a crashed process is simply due again (at least once, never zero times).
+//!
+//! Jobs go out in two lanes. A hook whose last attempt failed is *suspect* and goes to
+//! the slow lane, which only a quarter of the dispatchers serve; the others serve the
+//! fast lane only. So receivers that hang or fail can hold at most the slow lane's
+//! dispatchers (each for at most one timeout per attempt), and healthy hooks keep
+//! their latency. Slow-lane dispatchers help the fast lane when they have nothing else.
 
 pub mod client;
 pub mod handshake;
 pub mod worker;
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::time::Duration;
 
 use crossbeam_channel::{select, Receiver, Sender};
@@ -31,6 +37,22 @@ pub struct Job {
 pub struct Done {
     pub hook_id: String,
     pub next: Option<Millis>,
+    /// `false` when the attempt failed: the hook goes to the slow lane.
+    pub healthy: bool,
+}
+
+/// Which dispatchers a job may go to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    Fast,
+    Slow,
+}
+
+/// How many of `dispatchers` serve the slow lane.
+pub fn slow_lane_size(dispatchers: usize) -> usize {
+    (dispatchers / 4)
+        .max(1)
+        .min(dispatchers.saturating_sub(1).max(1))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +70,8 @@ pub struct Schedule {
     hooks: HashMap<String, HookState>,
     /// Due times; stale entries (the hook moved on) are skipped when popped.
     due: BinaryHeap<Reverse<(Millis, String)>>,
+    /// Hooks whose last attempt failed.
+    suspect: HashSet<String>,
 }
 
 impl Schedule {
@@ -71,7 +95,17 @@ impl Schedule {
         }
     }
 
+    /// Marks a hook suspect (or not) before it is first scheduled, e.g. at start.
+    pub fn set_suspect(&mut self, hook: &str, suspect: bool) {
+        if suspect {
+            self.suspect.insert(hook.to_string());
+        } else {
+            self.suspect.remove(hook);
+        }
+    }
+
     pub fn done(&mut self, done: Done, now: Millis) {
+        self.set_suspect(&done.hook_id, !done.healthy);
         let recheck = matches!(
             self.hooks.get(&done.hook_id),
             Some(HookState::InFlight { recheck: true })
@@ -81,12 +115,13 @@ impl Schedule {
             (false, Some(at)) => self.wait(done.hook_id, at),
             (false, None) => {
                 self.hooks.remove(&done.hook_id);
+                self.suspect.remove(&done.hook_id);
             }
         }
     }
 
-    /// Hooks due at `now`, now marked in flight.
-    pub fn take_due(&mut self, now: Millis) -> Vec<String> {
+    /// Hooks due at `now`, now marked in flight, with their lane.
+    pub fn take_due(&mut self, now: Millis) -> Vec<(String, Lane)> {
         let mut out = Vec::new();
         while let Some(Reverse((at, _))) = self.due.peek() {
             if *at > now {
@@ -98,7 +133,12 @@ impl Schedule {
             if self.hooks.get(&hook) == Some(&HookState::Waiting(at)) {
                 self.hooks
                     .insert(hook.clone(), HookState::InFlight { recheck: false });
-                out.push(hook);
+                let lane = if self.suspect.contains(&hook) {
+                    Lane::Slow
+                } else {
+                    Lane::Fast
+                };
+                out.push((hook, lane));
             }
         }
         out
@@ -116,22 +156,34 @@ impl Schedule {
     }
 }
 
-/// The scheduler thread's loop. Ends when `stop` receives (or is closed).
+/// The job channels of the two lanes.
+pub struct LaneSenders {
+    pub fast: Sender<Job>,
+    pub slow: Sender<Job>,
+}
+
+/// The scheduler thread's loop. `initial`: hooks with undelivered rows, and whether
+/// each is failing. Ends when `stop` receives (or is closed).
 pub fn run_scheduler(
-    initial: Vec<String>,
+    initial: Vec<(String, bool)>,
     wakeups: Receiver<Wakeup>,
     done: Receiver<Done>,
-    jobs: Sender<Job>,
+    jobs: LaneSenders,
     stop: Receiver<()>,
 ) {
     let mut schedule = Schedule::default();
     let now = now_ms();
-    for hook in initial {
+    for (hook, failing) in initial {
+        schedule.set_suspect(&hook, failing);
         schedule.wake(hook, false, now);
     }
     loop {
-        for hook_id in schedule.take_due(now_ms()) {
-            if jobs.send(Job { hook_id }).is_err() {
+        for (hook_id, lane) in schedule.take_due(now_ms()) {
+            let lane = match lane {
+                Lane::Fast => &jobs.fast,
+                Lane::Slow => &jobs.slow,
+            };
+            if lane.send(Job { hook_id }).is_err() {
                 return;
             }
         }
@@ -157,11 +209,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_slow_lane_is_a_quarter_and_never_everything() {
+        assert_eq!(slow_lane_size(32), 8);
+        assert_eq!(slow_lane_size(4), 1);
+        assert_eq!(slow_lane_size(2), 1);
+        assert_eq!(slow_lane_size(1), 1);
+    }
+
+    #[test]
     fn a_hook_is_never_handed_out_twice_at_once() {
         let mut s = Schedule::default();
         s.wake("h".into(), false, 0);
         s.wake("h".into(), false, 0);
-        assert_eq!(s.take_due(0), vec!["h".to_string()]);
+        assert_eq!(s.take_due(0), vec![("h".to_string(), Lane::Fast)]);
         s.wake("h".into(), false, 1);
         assert!(s.take_due(10).is_empty(), "in flight: not handed out again");
         // Work arrived while in flight: look again at once even if the dispatcher saw none.
@@ -169,10 +229,11 @@ mod tests {
             Done {
                 hook_id: "h".into(),
                 next: None,
+                healthy: true,
             },
             10,
         );
-        assert_eq!(s.take_due(10), vec!["h".to_string()]);
+        assert_eq!(s.take_due(10), vec![("h".to_string(), Lane::Fast)]);
     }
 
     #[test]
@@ -184,13 +245,18 @@ mod tests {
             Done {
                 hook_id: "h".into(),
                 next: Some(1000),
+                healthy: false,
             },
             5,
         );
         s.wake("h".into(), false, 6);
         assert!(s.take_due(500).is_empty());
         s.wake("h".into(), true, 600);
-        assert_eq!(s.take_due(600), vec!["h".to_string()]);
+        assert_eq!(
+            s.take_due(600),
+            vec![("h".to_string(), Lane::Slow)],
+            "a failing hook goes to the slow lane"
+        );
         assert!(
             s.take_due(2000).is_empty(),
             "the stale 1000 entry is skipped"
@@ -206,9 +272,10 @@ mod tests {
             Done {
                 hook_id: "h".into(),
                 next: None,
+                healthy: false,
             },
             1,
         );
-        assert!(s.hooks.is_empty());
+        assert!(s.hooks.is_empty() && s.suspect.is_empty());
     }
 }

@@ -32,55 +32,89 @@ pub struct Shared {
     pub stopping: Arc<AtomicBool>,
 }
 
-pub fn run(shared: Shared, reader: Reader, jobs: Receiver<Job>, done: Sender<Done>) {
-    for job in jobs.iter() {
+/// Where a dispatcher takes its jobs from.
+pub enum Lanes {
+    /// Healthy hooks only.
+    Fast(Receiver<Job>),
+    /// Failing hooks first; healthy ones when there are no failing ones waiting.
+    Slow {
+        slow: Receiver<Job>,
+        fast: Receiver<Job>,
+    },
+}
+
+impl Lanes {
+    fn next(&self) -> Option<Job> {
+        match self {
+            Lanes::Fast(fast) => fast.recv().ok(),
+            Lanes::Slow { slow, fast } => {
+                if let Ok(job) = slow.try_recv() {
+                    return Some(job);
+                }
+                crossbeam_channel::select! {
+                    recv(slow) -> job => job.ok(),
+                    recv(fast) -> job => job.ok(),
+                }
+            }
+        }
+    }
+}
+
+pub fn run(shared: Shared, reader: Reader, lanes: Lanes, done: Sender<Done>) {
+    while let Some(job) = lanes.next() {
         if shared.stopping.load(Ordering::SeqCst) {
             break;
         }
-        let next = catch_unwind(AssertUnwindSafe(|| deliver(&shared, &reader, &job.hook_id)))
-            .unwrap_or_else(|_| {
-                log::error!(
-                    "dispatcher panicked on hook {}; retrying later",
-                    job.hook_id
-                );
-                Err(StoreError::Busy)
-            })
-            .unwrap_or_else(|e| {
-                log::error!("dispatcher: hook {}: {e}", job.hook_id);
-                Some(now_ms() + STORE_ERROR_BACKOFF_MS)
-            });
-        if done
-            .send(Done {
-                hook_id: job.hook_id,
-                next,
-            })
-            .is_err()
-        {
+        let (next, healthy) =
+            catch_unwind(AssertUnwindSafe(|| deliver(&shared, &reader, &job.hook_id)))
+                .unwrap_or_else(|_| {
+                    log::error!(
+                        "dispatcher panicked on hook {}; retrying later",
+                        job.hook_id
+                    );
+                    Err(StoreError::Busy)
+                })
+                .unwrap_or_else(|e| {
+                    log::error!("dispatcher: hook {}: {e}", job.hook_id);
+                    (Some(now_ms() + STORE_ERROR_BACKOFF_MS), true)
+                });
+        let finished = Done {
+            hook_id: job.hook_id,
+            next,
+            healthy,
+        };
+        if done.send(finished).is_err() {
             break;
         }
     }
 }
 
-/// One attempt for the hook's head batch. Returns when the hook is next due.
-fn deliver(shared: &Shared, reader: &Reader, hook_id: &str) -> Result<Option<Millis>, StoreError> {
+/// One attempt for the hook's head batch. Returns when the hook is next due, and
+/// whether it looks healthy (no attempt, or one that did not fail).
+fn deliver(
+    shared: &Shared,
+    reader: &Reader,
+    hook_id: &str,
+) -> Result<(Option<Millis>, bool), StoreError> {
     let Some(hook) = reader.hook(hook_id)? else {
-        return Ok(None);
+        return Ok((None, true));
     };
     if hook.status != HookStatus::Active {
-        return Ok(None);
+        return Ok((None, true));
     }
     let rows = reader.open_rows(hook_id, hook.batch_max)?;
     let Some(head) = rows.first() else {
-        return Ok(None);
+        return Ok((None, true));
     };
     let head_due = head.next_attempt_at.unwrap_or(0);
+    let healthy = hook.consecutive_failures == 0;
     if head_due > now_ms() {
-        return Ok(Some(head_due));
+        return Ok((Some(head_due), healthy));
     }
     let (batch_id, batch) = claim(shared, reader, &rows)?;
     if batch.is_empty() {
         // Changed under us (cancelled, delivered by a retry): look again.
-        return Ok(Some(now_ms()));
+        return Ok((Some(now_ms()), healthy));
     }
     let event_ids: Vec<String> = batch.iter().map(|r| r.event_id.clone()).collect();
     let events = reader.events_by_ids(&event_ids)?;
@@ -114,12 +148,13 @@ fn deliver(shared: &Shared, reader: &Reader, hook_id: &str) -> Result<Option<Mil
         attempt: result.attempt,
         verdict,
     };
+    let healthy = !verdict.is_failure();
     match shared.store.internal(WriteOp::RecordAttempt {
         record,
         disable_after: shared.disable_after,
     })? {
-        WriteOutput::Next(next) => Ok(next),
-        _ => Ok(Some(now_ms())),
+        WriteOutput::Next(next) => Ok((next, healthy)),
+        _ => Ok((Some(now_ms()), healthy)),
     }
 }
 

@@ -71,6 +71,12 @@ pub(super) fn apply(
             record,
             disable_after,
         } => record_attempt(conn, secrets, record, disable_after, fx).map(WriteOutput::Next),
+        WriteOp::Prune { cutoff, limit } => prune(conn, cutoff, limit).map(WriteOutput::Count),
+        WriteOp::Checkpoint => {
+            // Inside the group's transaction a checkpoint cannot run; the writer runs it
+            // after the commit (see `writer::commit_group`).
+            Ok(WriteOutput::Done)
+        }
         WriteOp::RetryDelivery { id, scope } => {
             retry_delivery(conn, &id, scope.as_deref(), fx).map(|_| WriteOutput::Done)
         }
@@ -741,6 +747,51 @@ fn replay(
         fx.reset.push(hook_id.to_string());
     }
     Ok(batches as u64)
+}
+
+/// Retention, one small batch at a time so the writer is never held for long. Returns
+/// how many finished deliveries (batches) it removed; the caller repeats while that is
+/// `limit`.
+fn prune(conn: &Connection, cutoff: Millis, limit: u32) -> Result<u64, StoreError> {
+    let batches: Vec<String> = conn
+        .prepare_cached(
+            "SELECT DISTINCT coalesce(batch_id, id) FROM deliveries
+             WHERE id < ?1 AND status IN ('delivered', 'dead', 'cancelled') LIMIT ?2",
+        )
+        .and_then(|mut s| {
+            s.query_map(params![crate::ids::id_at("dlv", cutoff), limit], |r| {
+                r.get(0)
+            })?
+            .collect()
+        })
+        .ctx("finding finished deliveries")?;
+    for batch in &batches {
+        for sql in [
+            "DELETE FROM attempts WHERE delivery_id = ?1",
+            "DELETE FROM deliveries WHERE batch_id = ?1
+               AND status IN ('delivered', 'dead', 'cancelled')",
+            "DELETE FROM deliveries WHERE id = ?1 AND status IN ('delivered', 'dead', 'cancelled')",
+        ] {
+            conn.prepare_cached(sql)
+                .and_then(|mut s| s.execute([batch]))
+                .ctx("pruning a delivery")?;
+        }
+    }
+    conn.prepare_cached(
+        "DELETE FROM events WHERE id IN (
+             SELECT e.id FROM events e
+             WHERE e.id < ?1 AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id)
+             LIMIT ?2)",
+    )
+    .and_then(|mut s| s.execute(params![crate::ids::id_at("evt", cutoff), limit]))
+    .ctx("pruning events")?;
+    conn.prepare_cached(
+        "DELETE FROM idempotency WHERE key IN (
+             SELECT key FROM idempotency WHERE created_at < ?1 LIMIT ?2)",
+    )
+    .and_then(|mut s| s.execute(params![now_ms() - IDEMPOTENCY_TTL_MS, limit]))
+    .ctx("pruning idempotency keys")?;
+    Ok(batches.len() as u64)
 }
 
 /// `(id, tenant, patterns)` of every live hook, to build the fan-out index.

@@ -345,17 +345,20 @@ impl Reader {
         rows.collect::<Result<_, _>>().ctx("reading a batch")
     }
 
-    /// Every hook with undelivered rows: the scheduler's starting point.
-    pub fn hooks_with_open_work(&self) -> Result<Vec<String>, StoreError> {
+    /// Every hook with undelivered rows, and whether it is failing: the scheduler's
+    /// starting point.
+    pub fn hooks_with_open_work(&self) -> Result<Vec<(String, bool)>, StoreError> {
         let mut stmt = self
             .conn
             .prepare(
-                "SELECT DISTINCT hook_id FROM deliveries INDEXED BY deliveries_open
-                 WHERE status IN ('pending', 'failed')",
+                "SELECT h.id, h.consecutive_failures > 0 FROM hooks h
+                 WHERE h.deleted_at IS NULL AND EXISTS (
+                     SELECT 1 FROM deliveries d
+                     WHERE d.hook_id = h.id AND d.status IN ('pending', 'failed'))",
             )
             .ctx("finding queued work")?;
         let rows = stmt
-            .query_map([], |r| r.get(0))
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
             .ctx("finding queued work")?;
         rows.collect::<Result<_, _>>().ctx("finding queued work")
     }

@@ -82,6 +82,14 @@ pub enum WriteOp {
         record: AttemptRecord,
         disable_after: u32,
     },
+    /// Deletes up to `limit` finished deliveries (with their attempts) made before
+    /// `cutoff`, events before it that no delivery needs, and expired idempotency keys.
+    Prune {
+        cutoff: Millis,
+        limit: u32,
+    },
+    /// Moves the WAL into the database file and truncates it (at shutdown).
+    Checkpoint,
     RetryDelivery {
         id: String,
         scope: Option<String>,
@@ -207,6 +215,7 @@ pub fn run(
         }
     };
     let mut group: Vec<Request> = Vec::with_capacity(MAX_GROUP);
+    let mut failing = false;
     while let Ok(first) = requests.recv() {
         group.push(first);
         while group.len() < MAX_GROUP {
@@ -215,7 +224,27 @@ pub fn run(
                 Err(_) => break,
             }
         }
-        commit_group(&mut conn, &mut index, &secrets, &mut group, &wakeups);
+        let checkpoint = group.iter().any(|r| matches!(r.op, WriteOp::Checkpoint));
+        let result = commit_group(&mut conn, &mut index, &secrets, &mut group, &wakeups);
+        // A storage fault (disk full, I/O error) is logged once when it starts and once
+        // when it ends, not once per request; callers get 503 meanwhile.
+        match (result, failing) {
+            (Err(e), false) => {
+                log::error!("writer: commits are failing, answering 503 until they succeed: {e}");
+                failing = true;
+            }
+            (Err(e), true) => log::debug!("writer: still failing: {e}"),
+            (Ok(()), true) => {
+                log::warn!("writer: commits succeed again");
+                failing = false;
+            }
+            (Ok(()), false) => {}
+        }
+        if checkpoint {
+            if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)") {
+                log::warn!("writer: checkpoint failed: {e}");
+            }
+        }
     }
     log::debug!("writer: queue closed, stopping");
 }
@@ -226,7 +255,7 @@ fn commit_group(
     secrets: &SecretBox,
     group: &mut Vec<Request>,
     wakeups: &Sender<Wakeup>,
-) {
+) -> Result<(), StoreError> {
     let mut replies = Vec::with_capacity(group.len());
     let mut results = Vec::with_capacity(group.len());
     let mut effects = Effects::default();
@@ -267,18 +296,19 @@ fn commit_group(
             if !effects.reset.is_empty() {
                 let _ = wakeups.send(Wakeup::Reset(effects.reset));
             }
+            Ok(())
         }
         Err(e) => {
             // Nothing in the group is committed: every caller hears so (the requests
             // not reached yet included), and the index is rebuilt from what is on disk.
-            log::error!("writer: {e}");
             for reply in replies.into_iter().chain(group.drain(..).map(|r| r.reply)) {
                 let _ = reply.send(Err(StoreError::Busy));
             }
             match FanoutIndex::load(conn) {
                 Ok(i) => *index = i,
-                Err(e) => log::error!("writer: cannot reload hooks: {e}"),
+                Err(e) => log::debug!("writer: cannot reload hooks: {e}"),
             }
+            Err(e)
         }
     }
 }

@@ -41,6 +41,14 @@ const HOOKD_ENV: &[&str] = &[
     "HOOKD_DISABLE_AFTER",
     "HOOKD_TRUST_TARGET_HOSTS",
     "HOOKD_ADMIN_TOKEN",
+    "HOOKD_HANDLERS",
+    "HOOKD_MAX_BODY",
+    "HOOKD_ALLOW_TARGET_NETS",
+    "HOOKD_RESOLVE",
+    "HOOKD_SECRETS_KEY_FILE",
+    "HOOKD_RATE_LIMIT",
+    "HOOKD_MAX_HOOKS_PER_TENANT",
+    "HOOKD_READ_TIMEOUT",
     "HTTP_PROXY",
     "HTTPS_PROXY",
     "ALL_PROXY",
@@ -170,6 +178,8 @@ pub fn signature_matches(
 pub struct Options {
     schedule: String,
     disable_after: Option<u32>,
+    allow_private: bool,
+    delivery_timeout: String,
     extra: Vec<String>,
 }
 
@@ -178,6 +188,8 @@ impl Default for Options {
         Options {
             schedule: "100ms,100ms,100ms".into(),
             disable_after: None,
+            allow_private: true,
+            delivery_timeout: "2s".into(),
             extra: Vec::new(),
         }
     }
@@ -192,6 +204,17 @@ impl Options {
     /// `--disable-after N`.
     pub fn disable_after(mut self, n: u32) -> Options {
         self.disable_after = Some(n);
+        self
+    }
+    /// Without `--allow-private-targets` (the suite passes it by default so that
+    /// loopback sinks work): the private-target guard is on.
+    pub fn strict_targets(mut self) -> Options {
+        self.allow_private = false;
+        self
+    }
+    /// `--delivery-timeout` (the suite's default is 2s); also the handshake timeout.
+    pub fn delivery_timeout(mut self, t: &str) -> Options {
+        self.delivery_timeout = t.into();
         self
     }
     /// Any further flags.
@@ -225,6 +248,14 @@ pub struct Hook {
     pub body: Value,
 }
 
+/// A process that ran to its end (see `Hookd::run_to_exit`).
+#[derive(Debug)]
+pub struct Exited {
+    pub status: std::process::ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
 /// An API key as created: its id and its token (shown once).
 #[derive(Clone, Debug)]
 pub struct Key {
@@ -251,14 +282,16 @@ impl Hookd {
             db.to_string_lossy().into_owned(),
             "--listen".into(),
             "127.0.0.1:0".into(),
-            "--allow-private-targets".into(),
             "--dispatchers".into(),
             "4".into(),
             "--retry-schedule".into(),
             opts.schedule.clone(),
             "--delivery-timeout".into(),
-            "2s".into(),
+            opts.delivery_timeout.clone(),
         ];
+        if opts.allow_private {
+            args.push("--allow-private-targets".into());
+        }
         if let Some(n) = opts.disable_after {
             args.push("--disable-after".into());
             args.push(n.to_string());
@@ -294,11 +327,60 @@ impl Hookd {
         &self.args
     }
 
+    /// The private directory holding the database (and, by default, its key file).
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir.path
+    }
+
     /// Kills the process (SIGKILL: no graceful shutdown) and starts it again with the
     /// same arguments and database. The port changes.
     pub fn restart(&mut self) {
         self.kill();
         self.spawn();
+    }
+
+    /// Like `restart`, with the argument list changed by `edit` first (the change is
+    /// kept for later restarts).
+    pub fn restart_with(&mut self, edit: impl FnOnce(&mut Vec<String>)) {
+        self.kill();
+        edit(&mut self.args);
+        self.spawn();
+    }
+
+    /// Runs the binary once more with `args` and the same environment, expecting it to
+    /// exit by itself (a start-up refusal); fails the test if it is still running after
+    /// `WAIT`. The running server, if any, is left alone.
+    pub fn run_to_exit(&self, args: &[String]) -> Exited {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_hookd"));
+        child.args(args);
+        for var in HOOKD_ENV {
+            child.env_remove(var);
+        }
+        let mut child = child
+            .env("HOOKD_ADMIN_TOKEN", &self.admin)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn hookd");
+        let status = wait_until_or(WAIT, || child.try_wait().ok().flatten());
+        if status.is_none() {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("hookd output");
+            panic!(
+                "hookd {args:?} was expected to exit but still ran after {WAIT:?}\n\
+                 stdout: {}\nstderr: {}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let out = child.wait_with_output().expect("hookd output");
+        Exited {
+            status: out.status,
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
     }
 
     /// SIGKILLs the process and reaps it.
@@ -999,11 +1081,34 @@ impl Recorded {
     }
 }
 
+/// How the sink answers an intent-verification handshake (a request carrying
+/// `X-Hook-Secret`). Handshakes are recorded apart from deliveries in every mode.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Handshake {
+    /// 200 with the code back every way the SPEC allows (the default).
+    EchoAll,
+    /// 200 with the code only as the `X-Hook-Secret` response header, empty body.
+    Header,
+    /// 200 with the code only as `{"code": …}` in a JSON body.
+    Json,
+    /// 200 with the code only as the bare `text/plain` body.
+    Body,
+    /// This status, with the code back every way (a non-2xx must not verify).
+    Status(u16),
+    /// 200 with another code back every way.
+    WrongCode,
+    /// 200 `{"ok": true}` without the code: a receiver that ignores handshakes.
+    Ignore,
+    /// No answer at all until the sink is dropped: the sender must time out.
+    Hang,
+}
+
 struct SinkState {
     requests: Vec<Recorded>,
     handshakes: Vec<Recorded>,
     script: VecDeque<Reply>,
     default: Reply,
+    handshake: Handshake,
 }
 
 /// A loopback HTTP receiver on its own port. It records every request, answers from
@@ -1027,6 +1132,7 @@ impl Sink {
             handshakes: Vec::new(),
             script: VecDeque::new(),
             default: Reply::ok(),
+            handshake: Handshake::EchoAll,
         }));
         let stop = Arc::new(AtomicBool::new(false));
         // Several workers so that a slow answer to one hook never holds up another.
@@ -1079,6 +1185,19 @@ impl Sink {
     /// Intent-verification requests received so far.
     pub fn handshakes(&self) -> Vec<Recorded> {
         self.state.lock().unwrap().handshakes.clone()
+    }
+
+    /// How later handshakes are answered (`Handshake::EchoAll` until changed).
+    pub fn set_handshake(&self, mode: Handshake) {
+        self.state.lock().unwrap().handshake = mode;
+    }
+
+    /// The codes (`X-Hook-Secret`) of the handshakes received so far, in order.
+    pub fn handshake_codes(&self) -> Vec<String> {
+        self.handshakes()
+            .iter()
+            .map(|h| h.must_header("x-hook-secret").to_string())
+            .collect()
     }
 
     pub fn count(&self) -> usize {
@@ -1190,17 +1309,23 @@ fn sink_worker(server: &tiny_http::Server, state: &Mutex<SinkState>, stop: &Atom
             answered: 0,
         };
 
-        // Intent verification: echo the code every way the SPEC allows.
+        // Intent verification: answered as this sink's `Handshake` mode says.
         if let Some(code) = rec.header("x-hook-secret").map(str::to_string) {
-            rec.answered = 200;
+            let mode = state.lock().unwrap().handshake.clone();
+            rec.answered = match mode {
+                Handshake::Status(s) => s,
+                Handshake::Hang => 0,
+                _ => 200,
+            };
             state.lock().unwrap().handshakes.push(rec);
-            let resp = tiny_http::Response::from_data(json!({ "code": code }).to_string())
-                .with_status_code(200)
-                .with_header(tiny_http::Header::from_bytes("X-Hook-Secret", code).unwrap())
-                .with_header(
-                    tiny_http::Header::from_bytes("Content-Type", "application/json").unwrap(),
-                );
-            let _ = req.respond(resp);
+            if mode == Handshake::Hang {
+                // Held until the sink is dropped; the sender gives up first.
+                while !stop.load(Ordering::SeqCst) {
+                    thread::sleep(Duration::from_millis(20));
+                }
+                continue;
+            }
+            let _ = req.respond(handshake_answer(&mode, &code));
             continue;
         }
 
@@ -1219,5 +1344,34 @@ fn sink_worker(server: &tiny_http::Server, state: &Mutex<SinkState>, stop: &Atom
             resp.add_header(tiny_http::Header::from_bytes(k.as_bytes(), v.as_bytes()).unwrap());
         }
         let _ = req.respond(resp);
+    }
+}
+
+/// The sink's answer to a handshake carrying `code`, in `mode` (not `Hang`).
+fn handshake_answer(mode: &Handshake, code: &str) -> tiny_http::Response<std::io::Cursor<Vec<u8>>> {
+    let header = |k: &str, v: &str| tiny_http::Header::from_bytes(k, v).unwrap();
+    let every_way = |status: u16, code: &str| {
+        tiny_http::Response::from_data(json!({ "code": code }).to_string())
+            .with_status_code(status)
+            .with_header(header("X-Hook-Secret", code))
+            .with_header(header("Content-Type", "application/json"))
+    };
+    match mode {
+        Handshake::EchoAll => every_way(200, code),
+        Handshake::Status(s) => every_way(*s, code),
+        Handshake::WrongCode => every_way(200, &format!("{code}-not")),
+        Handshake::Header => tiny_http::Response::from_data(Vec::new())
+            .with_status_code(200)
+            .with_header(header("X-Hook-Secret", code)),
+        Handshake::Json => tiny_http::Response::from_data(json!({ "code": code }).to_string())
+            .with_status_code(200)
+            .with_header(header("Content-Type", "application/json")),
+        Handshake::Body => tiny_http::Response::from_data(code.as_bytes().to_vec())
+            .with_status_code(200)
+            .with_header(header("Content-Type", "text/plain")),
+        Handshake::Ignore => tiny_http::Response::from_data(br#"{"ok": true}"#.to_vec())
+            .with_status_code(200)
+            .with_header(header("Content-Type", "application/json")),
+        Handshake::Hang => unreachable!("a hanging handshake is never answered"),
     }
 }
