@@ -235,6 +235,29 @@ pub fn open_reader(path: &Path, secrets: Arc<SecretBox>) -> Result<Reader, Store
     Ok(Reader::new(conn, secrets))
 }
 
+/// Writes a consistent, compacted copy of a live database to `dest` (SQLite's
+/// `VACUUM INTO`, which reads one snapshot while writers carry on).
+pub fn backup(db: &Path, dest: &Path) -> Result<(), StoreError> {
+    if dest.exists() {
+        return Err(StoreError::Open(format!(
+            "{} already exists",
+            dest.display()
+        )));
+    }
+    if !db.exists() {
+        return Err(StoreError::Open(format!("{} does not exist", db.display())));
+    }
+    let conn = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(|e| StoreError::Open(format!("cannot open {}: {e}", db.display())))?;
+    configure(&conn, true)?;
+    let dest_text = dest
+        .to_str()
+        .ok_or_else(|| StoreError::Open("the backup path is not valid UTF-8".into()))?;
+    conn.execute("VACUUM INTO ?1", [dest_text])
+        .map_err(|e| StoreError::Open(format!("backup to {} failed: {e}", dest.display())))?;
+    Ok(())
+}
+
 /// SHA-256 of an API token: what the keys table holds instead of the token.
 pub fn token_hash(token: &str) -> Vec<u8> {
     use sha2::{Digest, Sha256};
