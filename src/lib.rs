@@ -12,6 +12,7 @@ pub mod clock;
 pub mod config;
 pub mod dispatch;
 pub mod ids;
+pub mod metrics;
 pub mod model;
 pub mod patterns;
 pub mod payload;

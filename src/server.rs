@@ -91,6 +91,7 @@ pub fn run(config: Config) -> Result<(), Error> {
         trusted_hosts: config.trust_target_hosts.clone(),
     });
     let rate_limiter = Arc::new(crate::api::RateLimiter::new(config.rate_limit));
+    let metrics = Arc::new(crate::metrics::Metrics::default());
     let mut handlers = Vec::new();
     for i in 0..config.handlers {
         let ctx = crate::api::Ctx {
@@ -99,6 +100,7 @@ pub fn run(config: Config) -> Result<(), Error> {
             limits: limits.clone(),
             verifier: dispatch::handshake::Verifier::new(agent.clone()),
             rate_limiter: rate_limiter.clone(),
+            metrics: metrics.clone(),
         };
         let (http, stopping) = (http.clone(), stopping.clone());
         handlers.push(spawn(format!("http-{i}"), move || {
@@ -119,6 +121,7 @@ pub fn run(config: Config) -> Result<(), Error> {
         schedule: Arc::new(config.retry_schedule.clone()),
         disable_after: config.disable_after,
         stopping: stopping.clone(),
+        metrics: metrics.clone(),
     };
     let (finished_tx, finished_rx) = unbounded::<()>();
     let slow_lane = dispatch::slow_lane_size(config.dispatchers);

@@ -23,6 +23,7 @@ pub use error::ApiError;
 pub use ratelimit::RateLimiter;
 
 use crate::dispatch::handshake::Verifier;
+use crate::metrics::Metrics;
 use crate::model::{ApiKey, Role};
 use crate::store::{self, Reader, Store};
 use crate::target::Policy;
@@ -34,6 +35,7 @@ pub struct Ctx {
     pub limits: Arc<Limits>,
     pub verifier: Verifier,
     pub rate_limiter: Arc<RateLimiter>,
+    pub metrics: Arc<Metrics>,
 }
 
 /// The API's share of the configuration.
@@ -48,8 +50,9 @@ pub struct Limits {
 pub struct Reply {
     status: u16,
     body: Option<Value>,
-    /// A stored body to send verbatim (an idempotent repeat).
+    /// A body to send verbatim (an idempotent repeat, metrics text, a page).
     raw: Option<String>,
+    content_type: &'static str,
 }
 
 impl Reply {
@@ -58,14 +61,21 @@ impl Reply {
             status,
             body: Some(body),
             raw: None,
+            content_type: "application/json",
         }
     }
 
+    /// JSON text already serialised.
     pub fn raw(status: u16, body: String) -> Reply {
+        Reply::text(status, "application/json", body)
+    }
+
+    pub fn text(status: u16, content_type: &'static str, body: String) -> Reply {
         Reply {
             status,
             body: None,
             raw: Some(body),
+            content_type,
         }
     }
 
@@ -74,6 +84,7 @@ impl Reply {
             status: 204,
             body: None,
             raw: None,
+            content_type: "application/json",
         }
     }
 }
@@ -122,19 +133,24 @@ pub fn run_handler(http: Http, ctx: Ctx, stopping: Arc<AtomicBool>) {
 }
 
 fn serve_one(ctx: &Ctx, mut request: Request) {
-    let result =
-        catch_unwind(AssertUnwindSafe(|| handle(ctx, &mut request))).unwrap_or_else(|_| {
-            log::error!("panic while serving {} {}", request.method(), request.url());
-            Err(ApiError::internal())
-        });
-    let (status, body, retry_after) = match result {
+    let mut template = "unknown";
+    let result = catch_unwind(AssertUnwindSafe(|| {
+        handle(ctx, &mut request, &mut template)
+    }))
+    .unwrap_or_else(|_| {
+        log::error!("panic while serving {} {}", request.method(), request.url());
+        Err(ApiError::internal())
+    });
+    let (status, body, retry_after, content_type) = match result {
         Ok(reply) => (
             reply.status,
             reply.raw.or_else(|| reply.body.map(|b| b.to_string())),
             None,
+            reply.content_type,
         ),
-        Err(e) => (e.status, Some(e.body()), e.retry_after),
+        Err(e) => (e.status, Some(e.body()), e.retry_after, "application/json"),
     };
+    ctx.metrics.request(template, status);
     let mut response = Response::new(
         status.into(),
         Vec::new(),
@@ -143,7 +159,7 @@ fn serve_one(ctx: &Ctx, mut request: Request) {
         None,
     );
     if body.is_some() {
-        response.add_header(header("Content-Type", "application/json"));
+        response.add_header(header("Content-Type", content_type));
     }
     if let Some(secs) = retry_after {
         response.add_header(header("Retry-After", &secs.to_string()));
@@ -157,9 +173,36 @@ fn header(name: &str, value: &str) -> Header {
     Header::from_bytes(name.as_bytes(), value.as_bytes()).expect("static header is valid")
 }
 
+/// Every (method, path template) the router serves: the list the OpenAPI document
+/// is checked against, and what answers 405 rather than 404.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/healthz"),
+    ("GET", "/metrics"),
+    ("GET", "/v1/openapi.json"),
+    ("POST", "/v1/keys"),
+    ("GET", "/v1/keys"),
+    ("DELETE", "/v1/keys/{id}"),
+    ("POST", "/v1/hooks"),
+    ("GET", "/v1/hooks"),
+    ("GET", "/v1/hooks/{id}"),
+    ("PATCH", "/v1/hooks/{id}"),
+    ("DELETE", "/v1/hooks/{id}"),
+    ("POST", "/v1/hooks/{id}/activate"),
+    ("POST", "/v1/hooks/{id}/verify"),
+    ("POST", "/v1/hooks/{id}/rotate-secret"),
+    ("GET", "/v1/hooks/{id}/deliveries"),
+    ("POST", "/v1/hooks/{id}/replay"),
+    ("POST", "/v1/deliveries/{id}/retry"),
+    ("POST", "/v1/events"),
+    ("GET", "/v1/events"),
+    ("GET", "/v1/events/{id}"),
+];
+
 /// The routes, with their path parameters.
 enum Route<'a> {
     Health,
+    Metrics,
+    OpenApi,
     Keys,
     Key(&'a str),
     Hooks,
@@ -174,10 +217,35 @@ enum Route<'a> {
     Event(&'a str),
 }
 
+impl Route<'_> {
+    /// The path template, as in [`ROUTES`] and the metrics labels.
+    fn template(&self) -> &'static str {
+        match self {
+            Route::Health => "/healthz",
+            Route::Metrics => "/metrics",
+            Route::OpenApi => "/v1/openapi.json",
+            Route::Keys => "/v1/keys",
+            Route::Key(_) => "/v1/keys/{id}",
+            Route::Hooks => "/v1/hooks",
+            Route::Hook(_) => "/v1/hooks/{id}",
+            Route::HookActivate(_) => "/v1/hooks/{id}/activate",
+            Route::HookVerify(_) => "/v1/hooks/{id}/verify",
+            Route::HookRotate(_) => "/v1/hooks/{id}/rotate-secret",
+            Route::HookDeliveries(_) => "/v1/hooks/{id}/deliveries",
+            Route::HookReplay(_) => "/v1/hooks/{id}/replay",
+            Route::DeliveryRetry(_) => "/v1/deliveries/{id}/retry",
+            Route::Events => "/v1/events",
+            Route::Event(_) => "/v1/events/{id}",
+        }
+    }
+}
+
 fn route(path: &str) -> Option<Route<'_>> {
     let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
     Some(match segments.as_slice() {
         ["healthz"] => Route::Health,
+        ["metrics"] => Route::Metrics,
+        ["v1", "openapi.json"] => Route::OpenApi,
         ["v1", "keys"] => Route::Keys,
         ["v1", "keys", id] => Route::Key(id),
         ["v1", "hooks"] => Route::Hooks,
@@ -194,24 +262,41 @@ fn route(path: &str) -> Option<Route<'_>> {
     })
 }
 
-fn handle(ctx: &Ctx, request: &mut Request) -> Handled {
+/// The OpenAPI 3.1 document of this API, kept in the repository and checked by a test.
+pub const OPENAPI: &str = include_str!("../../openapi.json");
+
+fn handle(ctx: &Ctx, request: &mut Request, template: &mut &'static str) -> Handled {
     let url = request.url().to_string();
     let path = url.split('?').next().unwrap_or("");
     let route = route(path).ok_or_else(|| ApiError::not_found(&format!("route {path}")))?;
-    if let Route::Health = route {
-        return match request.method() {
-            Method::Get | Method::Head => {
-                ctx.reader.ping()?;
-                Ok(Reply::json(200, serde_json::json!({"status": "ok"})))
-            }
-            m => Err(ApiError::method_not_allowed(m.as_str(), path)),
-        };
+    *template = route.template();
+    let method = request.method().clone();
+    if !ROUTES.iter().any(|(m, t)| {
+        *t == route.template() && (*m == method.as_str() || (*m == "GET" && method == Method::Head))
+    }) {
+        return Err(ApiError::method_not_allowed(method.as_str(), path));
+    }
+    // The operational routes answer without a key.
+    match route {
+        Route::Health => {
+            ctx.reader.ping()?;
+            return Ok(Reply::json(200, serde_json::json!({"status": "ok"})));
+        }
+        Route::Metrics => {
+            let gauges = ctx.reader.gauges()?;
+            return Ok(Reply::text(
+                200,
+                "text/plain; version=0.0.4",
+                ctx.metrics.render(&gauges),
+            ));
+        }
+        Route::OpenApi => return Ok(Reply::raw(200, OPENAPI.to_string())),
+        _ => {}
     }
     let key = authenticate(ctx, request)?;
     ctx.rate_limiter
         .check(&key.id, std::time::Instant::now())
         .map_err(ApiError::rate_limited)?;
-    let method = request.method().clone();
     let body = input::read_body(request, ctx.limits.max_body)?;
     if matches!(method, Method::Post | Method::Patch | Method::Put) {
         input::check_json_content_type(request, &body)?;

@@ -12,6 +12,7 @@ use ureq::Agent;
 
 use super::{client, Done, Job};
 use crate::clock::{now_ms, Millis};
+use crate::metrics::{DeliveryResult, Metrics};
 use crate::model::HookStatus;
 use crate::payload;
 use crate::retry;
@@ -30,6 +31,7 @@ pub struct Shared {
     pub disable_after: u32,
     /// Set at shutdown: take no new job.
     pub stopping: Arc<AtomicBool>,
+    pub metrics: Arc<Metrics>,
 }
 
 /// Where a dispatcher takes its jobs from.
@@ -65,6 +67,7 @@ pub fn run(shared: Shared, reader: Reader, lanes: Lanes, done: Sender<Done>) {
         if shared.stopping.load(Ordering::SeqCst) {
             break;
         }
+        shared.metrics.busy(true);
         let (next, healthy) =
             catch_unwind(AssertUnwindSafe(|| deliver(&shared, &reader, &job.hook_id)))
                 .unwrap_or_else(|_| {
@@ -78,6 +81,7 @@ pub fn run(shared: Shared, reader: Reader, lanes: Lanes, done: Sender<Done>) {
                     log::error!("dispatcher: hook {}: {e}", job.hook_id);
                     (Some(now_ms() + STORE_ERROR_BACKOFF_MS), true)
                 });
+        shared.metrics.busy(false);
         let finished = Done {
             hook_id: job.hook_id,
             next,
@@ -142,6 +146,7 @@ fn deliver(
     if verdict == retry::Verdict::Dead {
         log::warn!("delivery {batch_id} of hook {hook_id} is dead after {attempts} attempts");
     }
+    let duration_ms = result.attempt.duration_ms;
     let record = AttemptRecord {
         hook_id: hook.id.clone(),
         batch_id,
@@ -149,6 +154,21 @@ fn deliver(
         verdict,
     };
     let healthy = !verdict.is_failure();
+    let m = &shared.metrics;
+    m.attempt_duration.observe(duration_ms as f64 / 1000.0);
+    m.delivery(match verdict {
+        retry::Verdict::Delivered => DeliveryResult::Delivered,
+        retry::Verdict::Retry { .. } => DeliveryResult::Failed,
+        retry::Verdict::Dead => DeliveryResult::Dead,
+        retry::Verdict::Gone => DeliveryResult::Gone,
+    });
+    if verdict == retry::Verdict::Delivered {
+        let now = now_ms();
+        for e in &events {
+            m.publish_to_delivery
+                .observe((now - e.created_at) as f64 / 1000.0);
+        }
+    }
     match shared.store.internal(WriteOp::RecordAttempt {
         record,
         disable_after: shared.disable_after,

@@ -345,6 +345,33 @@ impl Reader {
         rows.collect::<Result<_, _>>().ctx("reading a batch")
     }
 
+    /// Undelivered rows, and live hooks by status: the gauges of `/metrics`.
+    pub fn gauges(&self) -> Result<crate::metrics::Gauges, StoreError> {
+        let outbox_pending: i64 = self
+            .conn
+            .prepare_cached(
+                "SELECT count(*) FROM deliveries INDEXED BY deliveries_open
+                 WHERE status IN ('pending', 'failed')",
+            )
+            .and_then(|mut s| s.query_row([], |r| r.get(0)))
+            .ctx("counting the outbox")?;
+        let mut hooks_by_status = Vec::new();
+        for status in HookStatus::ALL {
+            let n: i64 = self
+                .conn
+                .prepare_cached(
+                    "SELECT count(*) FROM hooks WHERE status = ?1 AND deleted_at IS NULL",
+                )
+                .and_then(|mut s| s.query_row([status.as_str()], |r| r.get(0)))
+                .ctx("counting hooks")?;
+            hooks_by_status.push((status.as_str(), n as u64));
+        }
+        Ok(crate::metrics::Gauges {
+            outbox_pending: outbox_pending as u64,
+            hooks_by_status,
+        })
+    }
+
     /// Every hook with undelivered rows, and whether it is failing: the scheduler's
     /// starting point.
     pub fn hooks_with_open_work(&self) -> Result<Vec<(String, bool)>, StoreError> {
