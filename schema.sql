@@ -77,6 +77,8 @@ CREATE TABLE deliveries (
 CREATE INDEX deliveries_open ON deliveries (hook_id, seq) WHERE status IN ('pending', 'failed');
 CREATE INDEX deliveries_by_event ON deliveries (event_id);
 CREATE INDEX deliveries_by_batch ON deliveries (batch_id);
+-- `hookd stats`: deliveries that went dead recently.
+CREATE INDEX deliveries_dead ON deliveries (updated_at) WHERE status = 'dead';
 
 -- Every attempt, keyed by the delivery (batch) id.
 CREATE TABLE attempts (
@@ -89,6 +91,7 @@ CREATE TABLE attempts (
     response_snippet TEXT
 );
 CREATE INDEX attempts_by_delivery ON attempts (delivery_id, id);
+CREATE INDEX attempts_by_time ON attempts (at);
 
 -- Idempotency keys of publishes: the first response is returned for a repeat.
 CREATE TABLE idempotency (

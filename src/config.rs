@@ -18,17 +18,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the HTTP API and the delivery engine.
     Serve(Box<ServeArgs>),
-    /// Write a consistent copy of the database to PATH; safe while `serve` runs.
-    Backup(BackupArgs),
-}
-
-#[derive(Args, Debug)]
-pub struct BackupArgs {
-    /// Where to write the copy (must not exist yet).
-    pub path: PathBuf,
-    /// The database to copy.
-    #[arg(long, env = "HOOKD_DB", default_value = "./hookd.db")]
-    pub db: PathBuf,
+    #[command(flatten)]
+    Admin(crate::cli::AdminCommand),
 }
 
 #[derive(Args, Debug)]

@@ -12,15 +12,7 @@ fn main() {
             .into_config()
             .map_err(|e| e.to_string())
             .and_then(|config| hookd::server::run(config).map_err(|e| e.to_string())),
-        Command::Backup(args) => hookd::store::backup(&args.db, &args.path)
-            .map(|()| {
-                println!("backed up {} to {}", args.db.display(), args.path.display());
-                eprintln!(
-                    "note: hook secrets in the copy are sealed with the key file \
-                     (hookd.key beside the database); keep a copy of it, stored apart"
-                );
-            })
-            .map_err(|e| e.to_string()),
+        Command::Admin(command) => hookd::cli::run(command),
     };
     if let Err(message) = result {
         eprintln!("hookd: {message}");

@@ -56,7 +56,7 @@ pub fn run(config: Config) -> Result<(), Error> {
     }
     let secrets = opened.secrets.clone();
     let reader = || store::open_reader(&opened.path, secrets.clone());
-    let initial = reader()?.hooks_with_open_work()?;
+    let scheduler_reader = reader()?;
 
     let (write_tx, write_rx) = bounded(WRITER_QUEUE);
     let (wake_tx, wake_rx) = unbounded();
@@ -113,7 +113,7 @@ pub fn run(config: Config) -> Result<(), Error> {
         slow: slow_tx,
     };
     let scheduler = spawn("scheduler".into(), move || {
-        dispatch::run_scheduler(initial, wake_rx, done_rx, lanes, stop_rx)
+        dispatch::run_scheduler(scheduler_reader, wake_rx, done_rx, lanes, stop_rx)
     })?;
     let shared = worker::Shared {
         store: store.clone(),

@@ -25,6 +25,7 @@ use crossbeam_channel::{select, Receiver, Sender};
 
 use crate::clock::{now_ms, Millis};
 use crate::store::writer::Wakeup;
+use crate::store::Reader;
 
 /// A hook whose head delivery is due: a dispatcher should try it.
 #[derive(Debug)]
@@ -162,22 +163,38 @@ pub struct LaneSenders {
     pub slow: Sender<Job>,
 }
 
-/// The scheduler thread's loop. `initial`: hooks with undelivered rows, and whether
-/// each is failing. Ends when `stop` receives (or is closed).
+/// How often the scheduler re-reads which hooks have undelivered rows. Wakeups from
+/// the writer cover everything this process does; this covers changes made by another
+/// process (the `hookd` CLI working on the same file) and is a safety net.
+const RESYNC_EVERY: Duration = Duration::from_secs(5);
+
+/// The scheduler thread's loop. Reads which hooks have undelivered rows at start and
+/// every [`RESYNC_EVERY`]. Ends when `stop` receives (or is closed).
 pub fn run_scheduler(
-    initial: Vec<(String, bool)>,
+    reader: Reader,
     wakeups: Receiver<Wakeup>,
     done: Receiver<Done>,
     jobs: LaneSenders,
     stop: Receiver<()>,
 ) {
     let mut schedule = Schedule::default();
-    let now = now_ms();
-    for (hook, failing) in initial {
-        schedule.set_suspect(&hook, failing);
-        schedule.wake(hook, false, now);
-    }
+    let mut last_sync: Option<std::time::Instant> = None;
     loop {
+        if last_sync.is_none_or(|t| t.elapsed() >= RESYNC_EVERY) {
+            last_sync = Some(std::time::Instant::now());
+            match reader.hooks_with_open_work() {
+                Ok(hooks) => {
+                    let now = now_ms();
+                    for (hook, failing) in hooks {
+                        if !schedule.hooks.contains_key(&hook) {
+                            schedule.set_suspect(&hook, failing);
+                            schedule.wake(hook, false, now);
+                        }
+                    }
+                }
+                Err(e) => log::warn!("scheduler: cannot read queued work: {e}"),
+            }
+        }
         for (hook_id, lane) in schedule.take_due(now_ms()) {
             let lane = match lane {
                 Lane::Fast => &jobs.fast,

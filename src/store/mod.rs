@@ -235,6 +235,58 @@ pub fn open_reader(path: &Path, secrets: Arc<SecretBox>) -> Result<Reader, Store
     Ok(Reader::new(conn, secrets))
 }
 
+/// Direct access for the command-line tools, which work on the file itself so that they
+/// also work while the server is down, and are safe while it runs: each operation is
+/// one short IMMEDIATE transaction, waiting (busy timeout) for the server's writer.
+/// A running server notices their changes within seconds (its scheduler re-reads the
+/// queue), not at once.
+pub struct Direct {
+    conn: Connection,
+    secrets: Arc<SecretBox>,
+    path: PathBuf,
+}
+
+impl Direct {
+    pub fn open(path: &Path, key_file: &Path) -> Result<Direct, StoreError> {
+        if !path.exists() {
+            return Err(StoreError::Open(format!(
+                "{} does not exist",
+                path.display()
+            )));
+        }
+        let mut conn = Connection::open(path)
+            .map_err(|e| StoreError::Open(format!("cannot open {}: {e}", path.display())))?;
+        configure(&conn, false)?;
+        migrate(&mut conn, path)?;
+        let secrets =
+            Arc::new(SecretBox::load_or_create(key_file, false).map_err(StoreError::Open)?);
+        check_key(&conn, &secrets, key_file)?;
+        Ok(Direct {
+            conn,
+            secrets,
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn reader(&self) -> Result<Reader, StoreError> {
+        open_reader(&self.path, self.secrets.clone())
+    }
+
+    /// Runs one write operation in its own transaction.
+    pub fn apply(&mut self, op: WriteOp) -> Result<WriteOutput, StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .ctx("starting a transaction")?;
+        // Publishing is the server's job; the other operations do not need the index.
+        let index = writer::FanoutIndex::default();
+        let mut effects = writer::Effects::default();
+        let out = ops::apply(&tx, &index, &self.secrets, op, &mut effects)?;
+        tx.commit().ctx("committing")?;
+        Ok(out)
+    }
+}
+
 /// Writes a consistent, compacted copy of a live database to `dest` (SQLite's
 /// `VACUUM INTO`, which reads one snapshot while writers carry on).
 pub fn backup(db: &Path, dest: &Path) -> Result<(), StoreError> {

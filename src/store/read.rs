@@ -345,6 +345,76 @@ impl Reader {
         rows.collect::<Result<_, _>>().ctx("reading a batch")
     }
 
+    /// The most recent deliveries of every hook (newest first), for the CLI.
+    pub fn recent_deliveries(
+        &self,
+        status: Option<DeliveryStatus>,
+        limit: u32,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        let ids: Vec<(String, String)> = {
+            let mut stmt2 = self
+                .conn
+                .prepare_cached(
+                    "SELECT id, hook_id FROM deliveries
+                     WHERE (batch_id IS NULL OR batch_id = id) AND (?1 IS NULL OR status = ?1)
+                     ORDER BY id DESC LIMIT ?2",
+                )
+                .ctx("listing deliveries")?;
+            let rows = stmt2
+                .query_map(params![status.map(|s| s.as_str()), limit], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
+                .ctx("listing deliveries")?;
+            rows.collect::<Result<_, _>>().ctx("reading deliveries")?
+        };
+        let mut out = Vec::new();
+        for (id, hook_id) in ids {
+            if let Some(d) = self.delivery(&hook_id, &id)? {
+                out.push(d);
+            }
+        }
+        Ok(out)
+    }
+
+    /// One delivery (batch head) of a hook, as the log shows it.
+    pub fn delivery(&self, hook_id: &str, id: &str) -> Result<Option<Delivery>, StoreError> {
+        let seq: Option<i64> = self
+            .conn
+            .prepare_cached("SELECT seq FROM deliveries WHERE id = ?1 AND hook_id = ?2")
+            .and_then(|mut s| s.query_row(params![id, hook_id], |r| r.get(0)).optional())
+            .ctx("loading a delivery")?;
+        let Some(seq) = seq else { return Ok(None) };
+        Ok(self
+            .deliveries(hook_id, None, seq + 1, 1)?
+            .into_iter()
+            .next())
+    }
+
+    /// Activity over the last `since` milliseconds: attempts that succeeded, that
+    /// failed, and deliveries that went dead.
+    pub fn activity(&self, since: Millis) -> Result<(u64, u64, u64), StoreError> {
+        let (ok, failed): (i64, i64) = self
+            .conn
+            .query_row(
+                "SELECT coalesce(sum(status_code BETWEEN 200 AND 299), 0),
+                        coalesce(sum(status_code IS NULL OR status_code NOT BETWEEN 200 AND 299), 0)
+                 FROM attempts WHERE at >= ?1",
+                [since],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .ctx("counting attempts")?;
+        let dead: i64 = self
+            .conn
+            .query_row(
+                "SELECT count(DISTINCT coalesce(batch_id, id)) FROM deliveries
+                 WHERE status = 'dead' AND updated_at >= ?1",
+                [since],
+                |r| r.get(0),
+            )
+            .ctx("counting dead deliveries")?;
+        Ok((ok as u64, failed as u64, dead as u64))
+    }
+
     /// Undelivered rows, and live hooks by status: the gauges of `/metrics`.
     pub fn gauges(&self) -> Result<crate::metrics::Gauges, StoreError> {
         let outbox_pending: i64 = self
@@ -372,14 +442,14 @@ impl Reader {
         })
     }
 
-    /// Every hook with undelivered rows, and whether it is failing: the scheduler's
-    /// starting point.
+    /// Every active hook with undelivered rows, and whether it is failing: the
+    /// scheduler's starting point.
     pub fn hooks_with_open_work(&self) -> Result<Vec<(String, bool)>, StoreError> {
         let mut stmt = self
             .conn
             .prepare(
                 "SELECT h.id, h.consecutive_failures > 0 FROM hooks h
-                 WHERE h.deleted_at IS NULL AND EXISTS (
+                 WHERE h.deleted_at IS NULL AND h.status = 'active' AND EXISTS (
                      SELECT 1 FROM deliveries d
                      WHERE d.hook_id = h.id AND d.status IN ('pending', 'failed'))",
             )
