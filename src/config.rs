@@ -34,7 +34,7 @@ pub struct ServeArgs {
     #[arg(long, env = "HOOKD_DISPATCHERS", default_value_t = 32)]
     pub dispatchers: usize,
     /// HTTP handler threads.
-    #[arg(long, env = "HOOKD_HANDLERS", default_value_t = 8)]
+    #[arg(long, env = "HOOKD_HANDLERS", default_value_t = 32)]
     pub handlers: usize,
     /// Allow targets on loopback and private networks.
     #[arg(

@@ -82,10 +82,13 @@ pub fn run(config: Config) -> Result<(), Error> {
     );
     let listener = bind(config.listen, config.read_timeout)?;
     let addr = listener.local_addr()?;
-    let http =
-        crate::api::Http::new(listener).map_err(|e| format!("cannot serve on {addr}: {e}"))?;
+    // A body gets three read timeouts in all: slow links pass, trickling clients do not.
+    let body_deadline = config.read_timeout * 3;
+    let http = crate::api::Http::new(listener, body_deadline)
+        .map_err(|e| format!("cannot serve on {addr}: {e}"))?;
     let limits = Arc::new(crate::api::Limits {
         max_body: config.max_body,
+        body_deadline,
         max_hooks_per_tenant: config.max_hooks_per_tenant,
         policy: config.target_policy.clone(),
         trusted_hosts: config.trust_target_hosts.clone(),

@@ -75,6 +75,14 @@ impl ApiError {
         )
     }
 
+    pub fn request_timeout() -> ApiError {
+        ApiError::new(
+            408,
+            "request_timeout",
+            "the request body did not arrive in time",
+        )
+    }
+
     pub fn rate_limited(retry_after: u64) -> ApiError {
         ApiError {
             retry_after: Some(retry_after),

@@ -1,26 +1,56 @@
 //! Reading request input: the body (capped while reading), JSON objects with field-named
 //! errors, query strings (parsed by the `url` crate), list parameters.
 
-use std::io::Read;
+use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
 use tiny_http::Request;
 
 use super::error::ApiError;
 
-/// Reads the body, refusing (413) as soon as it passes `max`, without buffering more.
-pub fn read_body(request: &mut Request, max: usize) -> Result<Vec<u8>, ApiError> {
+/// Reads the body, refusing (413) as soon as it passes `max`, without buffering more,
+/// and (408) when it has not all arrived by `deadline`. Bodies up to 1 MiB were already
+/// read ahead by the connection's thread (vendor/tiny_http/HOOKD-PATCHES.md), so this
+/// only waits on larger or chunked ones.
+pub fn read_body(
+    request: &mut Request,
+    max: usize,
+    deadline: Duration,
+) -> Result<Vec<u8>, ApiError> {
     if request.body_length().is_some_and(|n| n > max) {
         return Err(ApiError::too_large(max));
     }
+    let until = Instant::now() + deadline;
     let mut body = Vec::new();
-    request
-        .as_reader()
-        .take(max as u64 + 1)
-        .read_to_end(&mut body)
-        .map_err(|e| ApiError::invalid_json(format!("could not read the body: {e}")))?;
-    if body.len() > max {
-        return Err(ApiError::too_large(max));
+    let mut chunk = [0u8; 16 * 1024];
+    let reader = request.as_reader();
+    loop {
+        if Instant::now() > until {
+            return Err(ApiError::request_timeout());
+        }
+        match reader.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => {
+                body.extend_from_slice(&chunk[..n]);
+                if body.len() > max {
+                    return Err(ApiError::too_large(max));
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(ApiError::request_timeout())
+            }
+            Err(e) => {
+                return Err(ApiError::invalid_json(format!(
+                    "could not read the body: {e}"
+                )))
+            }
+        }
     }
     Ok(body)
 }

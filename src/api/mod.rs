@@ -41,6 +41,8 @@ pub struct Ctx {
 /// The API's share of the configuration.
 pub struct Limits {
     pub max_body: usize,
+    /// A request body must have arrived within this time.
+    pub body_deadline: Duration,
     pub max_hooks_per_tenant: u32,
     pub policy: Policy,
     pub trusted_hosts: Vec<String>,
@@ -101,7 +103,9 @@ impl Http {
     /// Serves on an already bound listener. Its socket timeouts are inherited by every
     /// accepted connection (Linux), which is what drops clients that stall: tiny_http
     /// sets none itself.
-    pub fn new(listener: std::net::TcpListener) -> std::io::Result<Http> {
+    /// Request bodies must arrive within `body_deadline`.
+    pub fn new(listener: std::net::TcpListener, body_deadline: Duration) -> std::io::Result<Http> {
+        tiny_http::set_body_deadline(body_deadline);
         let server = Server::from_listener(listener, None)
             .map_err(|e| std::io::Error::other(e.to_string()))?;
         Ok(Http {
@@ -297,7 +301,7 @@ fn handle(ctx: &Ctx, request: &mut Request, template: &mut &'static str) -> Hand
     ctx.rate_limiter
         .check(&key.id, std::time::Instant::now())
         .map_err(ApiError::rate_limited)?;
-    let body = input::read_body(request, ctx.limits.max_body)?;
+    let body = input::read_body(request, ctx.limits.max_body, ctx.limits.body_deadline)?;
     if matches!(method, Method::Post | Method::Patch | Method::Put) {
         input::check_json_content_type(request, &body)?;
     }

@@ -125,6 +125,22 @@ mod ssl;
 mod test;
 mod util;
 
+// hookd patch: bodies up to this size are read by the connection's thread before the
+// request is handed out, within `body_deadline()`.
+pub(crate) const PREBUFFER_LIMIT: usize = 1024 * 1024;
+
+static BODY_DEADLINE_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(30_000);
+
+/// hookd patch: how long a client may take to send a request body that is read ahead
+/// (see `PREBUFFER_LIMIT`); past it the request is answered 408 and the connection closed.
+pub fn set_body_deadline(deadline: std::time::Duration) {
+    BODY_DEADLINE_MS.store(deadline.as_millis() as u64, std::sync::atomic::Ordering::Relaxed);
+}
+
+pub(crate) fn body_deadline() -> std::time::Duration {
+    std::time::Duration::from_millis(BODY_DEADLINE_MS.load(std::sync::atomic::Ordering::Relaxed))
+}
+
 /// The main class of this library.
 ///
 /// Destroying this object will immediately close the listening socket and the reading

@@ -192,13 +192,21 @@ where
     } else if let Some(content_length) = content_length {
         if content_length == 0 {
             Box::new(io::empty()) as Box<dyn Read + Send + 'static>
-        } else if content_length <= 1024 && !expects_continue {
-            // if the content-length is small enough, we just read everything into a buffer
+        } else if content_length <= crate::PREBUFFER_LIMIT && !expects_continue {
+            // hookd patch: bodies up to 1 MiB (upstream: 1 KiB) are read here, in the
+            // connection's own thread, before the request reaches a handler thread, and
+            // must arrive within the body deadline: a client trickling its body holds
+            // only its own connection, and not for ever.
 
+            let deadline = std::time::Instant::now() + crate::body_deadline();
             let mut buffer = vec![0; content_length];
             let mut offset = 0;
 
             while offset != content_length {
+                if std::time::Instant::now() > deadline {
+                    let err = IoError::new(ErrorKind::TimedOut, "the body arrived too slowly");
+                    return Err(RequestCreationError::CreationIoError(err));
+                }
                 let read = source_data.read(&mut buffer[offset..])?;
                 if read == 0 {
                     // the socket returned EOF, but we were before the expected content-length
