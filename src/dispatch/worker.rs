@@ -5,7 +5,7 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use ureq::Agent;
@@ -13,7 +13,7 @@ use ureq::Agent;
 use super::{client, Done, Job};
 use crate::clock::{now_ms, Millis};
 use crate::metrics::{DeliveryResult, Metrics};
-use crate::model::HookStatus;
+use crate::model::{Hook, HookStatus};
 use crate::payload;
 use crate::retry;
 use crate::store::read::OutboxRow;
@@ -93,8 +93,15 @@ pub fn run(shared: Shared, reader: Reader, lanes: Lanes, done: Sender<Done>) {
     }
 }
 
-/// One attempt for the hook's head batch. Returns when the hook is next due, and
-/// whether it looks healthy (no attempt, or one that did not fail).
+/// How long one job may keep a dispatcher on one hook before yielding to others.
+const JOB_BUDGET: Duration = Duration::from_millis(50);
+/// Most requests one job sends for one hook.
+const JOB_MAX_REQUESTS: usize = 100;
+
+/// Sends the hook's due batches in order, one request at a time. A success is recorded
+/// without waiting for its commit, so the next request overlaps the fsync; anything
+/// else is recorded and waited for, because it decides when the hook goes next.
+/// Returns when the hook is next due, and whether it looks healthy.
 fn deliver(
     shared: &Shared,
     reader: &Reader,
@@ -106,25 +113,80 @@ fn deliver(
     if hook.status != HookStatus::Active {
         return Ok((None, true));
     }
-    let rows = reader.open_rows(hook_id, hook.batch_max)?;
-    let Some(head) = rows.first() else {
-        return Ok((None, true));
+    let started = Instant::now();
+    let mut healthy = hook.consecutive_failures == 0;
+    // Rows up to this sequence were sent by this job; their outcomes may not be
+    // committed yet, so the queue is read after them.
+    let mut after = 0;
+    let mut uncommitted = None;
+    let mut sent = 0;
+    let mut next = loop {
+        let rows = reader.open_rows(hook_id, after, hook.batch_max)?;
+        let Some(head) = rows.first() else {
+            break None;
+        };
+        let head_due = head.next_attempt_at.unwrap_or(0);
+        if head_due > now_ms() {
+            break Some(head_due);
+        }
+        if sent >= JOB_MAX_REQUESTS || started.elapsed() >= JOB_BUDGET {
+            break Some(now_ms());
+        }
+        let (batch_id, batch) = claim(shared, reader, &rows)?;
+        let Some(last) = batch.last() else {
+            // Changed under us (cancelled, delivered by a retry): look again.
+            break Some(now_ms());
+        };
+        let last_seq = last.seq;
+        let (record, verdict) = attempt(shared, reader, &hook, batch_id, &batch)?;
+        sent += 1;
+        healthy = !verdict.is_failure();
+        let op = WriteOp::RecordAttempt {
+            record,
+            disable_after: shared.disable_after,
+        };
+        if verdict == retry::Verdict::Delivered {
+            uncommitted = Some(shared.store.submit(op)?);
+            after = last_seq;
+            continue;
+        }
+        // Sent after every earlier outcome, so waiting for it waits for them too.
+        uncommitted = None;
+        break match shared.store.internal(op)? {
+            WriteOutput::Next(next) => next,
+            _ => Some(now_ms()),
+        };
     };
-    let head_due = head.next_attempt_at.unwrap_or(0);
-    let healthy = hook.consecutive_failures == 0;
-    if head_due > now_ms() {
-        return Ok((Some(head_due), healthy));
+    // The hook is handed out again only once what was sent is on disk: otherwise the
+    // next job would read those rows as still open and send them twice.
+    if let Some(result) = uncommitted {
+        match result.recv().unwrap_or(Err(StoreError::Busy)) {
+            Ok(WriteOutput::Next(after_commit)) if next.is_none() => next = after_commit,
+            Ok(_) => {}
+            Err(e) => {
+                log::warn!(
+                    "hook {hook_id}: an outcome was not recorded ({e}); it will be sent again"
+                );
+                next = Some(now_ms() + STORE_ERROR_BACKOFF_MS);
+            }
+        }
     }
-    let (batch_id, batch) = claim(shared, reader, &rows)?;
-    if batch.is_empty() {
-        // Changed under us (cancelled, delivered by a retry): look again.
-        return Ok((Some(now_ms()), healthy));
-    }
+    Ok((next, healthy))
+}
+
+/// One request: builds, signs and sends the batch, and decides what follows.
+fn attempt(
+    shared: &Shared,
+    reader: &Reader,
+    hook: &Hook,
+    batch_id: String,
+    batch: &[OutboxRow],
+) -> Result<(AttemptRecord, retry::Verdict), StoreError> {
     let event_ids: Vec<String> = batch.iter().map(|r| r.event_id.clone()).collect();
     let events = reader.events_by_ids(&event_ids)?;
     let numbered: Vec<(i64, &crate::model::Event)> =
         batch.iter().map(|r| r.seq).zip(events.iter()).collect();
-    let body = payload::build(&hook, &numbered);
+    let body = payload::build(hook, &numbered);
 
     let timestamp = now_ms() / 1000;
     let secrets = hook.signing_secrets(now_ms());
@@ -144,18 +206,14 @@ fn deliver(
         jitter(),
     );
     if verdict == retry::Verdict::Dead {
-        log::warn!("delivery {batch_id} of hook {hook_id} is dead after {attempts} attempts");
+        log::warn!(
+            "delivery {batch_id} of hook {} is dead after {attempts} attempts",
+            hook.id
+        );
     }
-    let duration_ms = result.attempt.duration_ms;
-    let record = AttemptRecord {
-        hook_id: hook.id.clone(),
-        batch_id,
-        attempt: result.attempt,
-        verdict,
-    };
-    let healthy = !verdict.is_failure();
     let m = &shared.metrics;
-    m.attempt_duration.observe(duration_ms as f64 / 1000.0);
+    m.attempt_duration
+        .observe(result.attempt.duration_ms as f64 / 1000.0);
     m.delivery(match verdict {
         retry::Verdict::Delivered => DeliveryResult::Delivered,
         retry::Verdict::Retry { .. } => DeliveryResult::Failed,
@@ -169,13 +227,13 @@ fn deliver(
                 .observe((now - e.created_at) as f64 / 1000.0);
         }
     }
-    match shared.store.internal(WriteOp::RecordAttempt {
-        record,
-        disable_after: shared.disable_after,
-    })? {
-        WriteOutput::Next(next) => Ok((next, healthy)),
-        _ => Ok((Some(now_ms()), healthy)),
-    }
+    let record = AttemptRecord {
+        hook_id: hook.id.clone(),
+        batch_id,
+        attempt: result.attempt,
+        verdict,
+    };
+    Ok((record, verdict))
 }
 
 /// The rows that go out together, and their batch id. A head that was sent before

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crossbeam_channel::{bounded, Sender};
+use crossbeam_channel::{bounded, Receiver, Sender};
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
 use crate::model::{ApiKey, PayloadKind, Role};
@@ -435,6 +435,19 @@ impl Store {
     /// For the engine's own bookkeeping, which must not be dropped: waits for room.
     pub fn internal(&self, op: WriteOp) -> Result<WriteOutput, StoreError> {
         self.call(op, None)
+    }
+
+    /// Queues an operation without waiting for its commit; the receiver gets the result.
+    /// Operations from one thread are committed in the order they were sent.
+    pub fn submit(
+        &self,
+        op: WriteOp,
+    ) -> Result<Receiver<Result<WriteOutput, StoreError>>, StoreError> {
+        let (reply, result) = bounded(1);
+        self.tx
+            .send(writer::Request { op, reply })
+            .map_err(|_| StoreError::Busy)?;
+        Ok(result)
     }
 }
 

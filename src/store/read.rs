@@ -314,18 +314,23 @@ impl Reader {
         rows.collect::<Result<_, _>>().ctx("reading attempts")
     }
 
-    /// The hook's oldest undelivered rows, in sequence order.
-    pub fn open_rows(&self, hook_id: &str, limit: u32) -> Result<Vec<OutboxRow>, StoreError> {
+    /// The hook's oldest undelivered rows after sequence `after`, in sequence order.
+    pub fn open_rows(
+        &self,
+        hook_id: &str,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<OutboxRow>, StoreError> {
         let mut stmt = self
             .conn
             .prepare_cached(
                 "SELECT id, seq, event_id, batch_id, attempts, next_attempt_at FROM deliveries
-                 WHERE hook_id = ?1 AND status IN ('pending', 'failed')
-                 ORDER BY seq LIMIT ?2",
+                 WHERE hook_id = ?1 AND status IN ('pending', 'failed') AND seq > ?2
+                 ORDER BY seq LIMIT ?3",
             )
             .ctx("reading a hook's queue")?;
         let rows = stmt
-            .query_map(params![hook_id, limit], outbox_from_row)
+            .query_map(params![hook_id, after, limit], outbox_from_row)
             .ctx("reading a hook's queue")?;
         rows.collect::<Result<_, _>>().ctx("reading a hook's queue")
     }
