@@ -55,6 +55,7 @@ pub struct Reply {
     /// A body to send verbatim (an idempotent repeat, metrics text, a page).
     raw: Option<String>,
     content_type: &'static str,
+    headers: &'static [(&'static str, &'static str)],
 }
 
 impl Reply {
@@ -64,6 +65,7 @@ impl Reply {
             body: Some(body),
             raw: None,
             content_type: "application/json",
+            headers: &[],
         }
     }
 
@@ -78,7 +80,13 @@ impl Reply {
             body: None,
             raw: Some(body),
             content_type,
+            headers: &[],
         }
+    }
+
+    pub fn with_headers(mut self, headers: &'static [(&'static str, &'static str)]) -> Reply {
+        self.headers = headers;
+        self
     }
 
     pub fn no_content() -> Reply {
@@ -87,6 +95,7 @@ impl Reply {
             body: None,
             raw: None,
             content_type: "application/json",
+            headers: &[],
         }
     }
 }
@@ -145,14 +154,21 @@ fn serve_one(ctx: &Ctx, mut request: Request) {
         log::error!("panic while serving {} {}", request.method(), request.url());
         Err(ApiError::internal())
     });
-    let (status, body, retry_after, content_type) = match result {
+    let (status, body, retry_after, content_type, extra) = match result {
         Ok(reply) => (
             reply.status,
             reply.raw.or_else(|| reply.body.map(|b| b.to_string())),
             None,
             reply.content_type,
+            reply.headers,
         ),
-        Err(e) => (e.status, Some(e.body()), e.retry_after, "application/json"),
+        Err(e) => (
+            e.status,
+            Some(e.body()),
+            e.retry_after,
+            "application/json",
+            &[][..],
+        ),
     };
     ctx.metrics.request(template, status);
     let mut response = Response::new(
@@ -168,6 +184,9 @@ fn serve_one(ctx: &Ctx, mut request: Request) {
     if let Some(secs) = retry_after {
         response.add_header(header("Retry-After", &secs.to_string()));
     }
+    for (name, value) in extra {
+        response.add_header(header(name, value));
+    }
     if let Err(e) = request.respond(response) {
         log::debug!("http: could not send a response: {e}");
     }
@@ -180,6 +199,9 @@ fn header(name: &str, value: &str) -> Header {
 /// Every (method, path template) the router serves: the list the OpenAPI document
 /// is checked against, and what answers 405 rather than 404.
 pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/"),
+    ("GET", "/ui/"),
+    ("GET", "/ui/app.js"),
     ("GET", "/healthz"),
     ("GET", "/metrics"),
     ("GET", "/v1/openapi.json"),
@@ -204,6 +226,8 @@ pub const ROUTES: &[(&str, &str)] = &[
 
 /// The routes, with their path parameters.
 enum Route<'a> {
+    Dashboard,
+    DashboardScript,
     Health,
     Metrics,
     OpenApi,
@@ -225,6 +249,8 @@ impl Route<'_> {
     /// The path template, as in [`ROUTES`] and the metrics labels.
     fn template(&self) -> &'static str {
         match self {
+            Route::Dashboard => "/",
+            Route::DashboardScript => "/ui/app.js",
             Route::Health => "/healthz",
             Route::Metrics => "/metrics",
             Route::OpenApi => "/v1/openapi.json",
@@ -247,6 +273,8 @@ impl Route<'_> {
 fn route(path: &str) -> Option<Route<'_>> {
     let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
     Some(match segments.as_slice() {
+        [] | ["ui"] => Route::Dashboard,
+        ["ui", "app.js"] => Route::DashboardScript,
         ["healthz"] => Route::Health,
         ["metrics"] => Route::Metrics,
         ["v1", "openapi.json"] => Route::OpenApi,
@@ -265,6 +293,25 @@ fn route(path: &str) -> Option<Route<'_>> {
         _ => return None,
     })
 }
+
+/// The operator dashboard: one page, no build step, no CDN; it calls the API with the
+/// token the operator types in.
+const DASHBOARD: &str = include_str!("dashboard.html");
+const DASHBOARD_SCRIPT: &str = include_str!("dashboard.js");
+
+/// The page runs only its own script and talks only to this server: even a snippet
+/// that escaped escaping could not run or send anything anywhere.
+const PAGE_HEADERS: &[(&str, &str)] = &[
+    (
+        "Content-Security-Policy",
+        "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; \
+         connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; \
+         frame-ancestors 'none'",
+    ),
+    ("X-Content-Type-Options", "nosniff"),
+    ("Referrer-Policy", "no-referrer"),
+    ("Cache-Control", "no-store"),
+];
 
 /// The OpenAPI 3.1 document of this API, kept in the repository and checked by a test.
 pub const OPENAPI: &str = include_str!("../../openapi.json");
@@ -295,6 +342,20 @@ fn handle(ctx: &Ctx, request: &mut Request, template: &mut &'static str) -> Hand
             ));
         }
         Route::OpenApi => return Ok(Reply::raw(200, OPENAPI.to_string())),
+        Route::Dashboard => {
+            return Ok(
+                Reply::text(200, "text/html; charset=utf-8", DASHBOARD.to_string())
+                    .with_headers(PAGE_HEADERS),
+            )
+        }
+        Route::DashboardScript => {
+            return Ok(Reply::text(
+                200,
+                "text/javascript; charset=utf-8",
+                DASHBOARD_SCRIPT.to_string(),
+            )
+            .with_headers(PAGE_HEADERS))
+        }
         _ => {}
     }
     let key = authenticate(ctx, request)?;

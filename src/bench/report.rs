@@ -2,6 +2,8 @@
 //! hookd cost, and whether every delivery arrived intact. Printed as a table, or as JSON
 //! with `--json`. Pure formatting: nothing here measures.
 
+use std::collections::BTreeMap;
+
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 
@@ -10,8 +12,7 @@ use super::receiver::Arrival;
 /// A target from issue 5: the figure must be at least / at most this.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct Target {
-    #[serde(rename = "op")]
-    pub at_least: Op,
+    pub op: Op,
     pub value: f64,
 }
 
@@ -26,20 +27,20 @@ pub enum Op {
 impl Target {
     pub fn at_least(value: f64) -> Target {
         Target {
-            at_least: Op::AtLeast,
+            op: Op::AtLeast,
             value,
         }
     }
 
     pub fn at_most(value: f64) -> Target {
         Target {
-            at_least: Op::AtMost,
+            op: Op::AtMost,
             value,
         }
     }
 
     pub fn met(&self, v: f64) -> bool {
-        match self.at_least {
+        match self.op {
             Op::AtLeast => v >= self.value,
             Op::AtMost => v <= self.value,
         }
@@ -253,22 +254,16 @@ impl Case {
     }
 }
 
-/// The bare ceilings measured in this run.
+/// The bare ceilings measured in this run, keyed by events per request.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Ceilings {
-    /// The generator against the no-op server: single-event publishes per second.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub generator_single_per_s: Option<f64>,
-    /// The same with array publishes, in events per second.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub generator_batch_events_per_s: Option<f64>,
-    /// hookd's delivery client (its ureq agent) against the receiver, without hookd:
-    /// one-event deliveries per second.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub client_single_per_s: Option<f64>,
-    /// The same with batched bodies, in events per second.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub client_batch_events_per_s: Option<f64>,
+    /// The generator against the no-op server, in events per second: key 1 is
+    /// single-event publishes, larger keys are array publishes of that many events.
+    pub generator_events_per_s: BTreeMap<usize, f64>,
+    /// hookd's delivery client (its ureq agent and send path) against the receiver,
+    /// without hookd, in events per second: key 1 is one event per delivery (so
+    /// deliveries per second), larger keys are batched bodies of that many events.
+    pub client_events_per_s: BTreeMap<u32, f64>,
 }
 
 /// Everything a run produced.
@@ -334,11 +329,11 @@ impl Run {
             for f in &c.figures {
                 let target = f
                     .target
-                    .map(|t| format!("{} {}", op(t.at_least), num(t.value)))
+                    .map(|t| format!("{} {}", op(t.op), num(t.value)))
                     .unwrap_or_default();
                 let ratio = match (f.ratio, f.ratio_target) {
                     (Some(r), Some(t)) => {
-                        format!("{:.0} % ({} {:.0} %)", r * 100.0, op(t.at_least), t.value * 100.0)
+                        format!("{:.0} % ({} {:.0} %)", r * 100.0, op(t.op), t.value * 100.0)
                     }
                     (Some(r), None) => format!("{:.0} %", r * 100.0),
                     _ => String::new(),

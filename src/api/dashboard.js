@@ -1,0 +1,1 @@
+// hookd dashboard script (filled in by the dashboard work).
