@@ -20,6 +20,8 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     #[command(flatten)]
     Admin(crate::cli::AdminCommand),
+    /// Load-test a real `hookd serve` on this machine and print what it sustains.
+    Bench(Box<crate::bench::BenchArgs>),
 }
 
 #[derive(Args, Debug)]
@@ -83,6 +85,13 @@ pub struct ServeArgs {
     /// Most live hooks one tenant may hold.
     #[arg(long, env = "HOOKD_MAX_HOOKS_PER_TENANT", default_value_t = 1000)]
     pub max_hooks_per_tenant: u32,
+    /// Room in the database writer's queue; when it is full, publishes wait up to
+    /// --enqueue-timeout and are then answered 503 with Retry-After.
+    #[arg(long, env = "HOOKD_WRITER_QUEUE", default_value_t = 8192)]
+    pub writer_queue: usize,
+    /// How long a request waits for room in the writer's queue before a 503.
+    #[arg(long, env = "HOOKD_ENQUEUE_TIMEOUT", default_value = "2s")]
+    pub enqueue_timeout: String,
     /// How long in-flight deliveries may take to finish at shutdown.
     #[arg(long, env = "HOOKD_SHUTDOWN_TIMEOUT", default_value = "10s")]
     pub shutdown_timeout: String,
@@ -118,6 +127,8 @@ pub struct Config {
     pub read_timeout: Duration,
     pub shutdown_timeout: Duration,
     pub retention: Duration,
+    pub writer_queue: usize,
+    pub enqueue_timeout: Duration,
 }
 
 #[derive(Debug)]
@@ -160,6 +171,11 @@ impl ServeArgs {
             .map_err(|e| ConfigError(format!("--retention: {e}")))?;
         if retention.is_zero() {
             return Err(ConfigError("--retention must be above 0".into()));
+        }
+        let enqueue_timeout = parse_duration(&self.enqueue_timeout)
+            .map_err(|e| ConfigError(format!("--enqueue-timeout: {e}")))?;
+        if self.writer_queue == 0 {
+            return Err(ConfigError("--writer-queue must be at least 1".into()));
         }
         let mut target_policy = crate::target::Policy {
             allow_private: self.allow_private_targets,
@@ -219,6 +235,8 @@ impl ServeArgs {
             read_timeout,
             shutdown_timeout,
             retention,
+            writer_queue: self.writer_queue,
+            enqueue_timeout,
         })
     }
 }

@@ -8,6 +8,7 @@
 //! hold the rules and are unit-tested with known vectors.
 
 pub mod api;
+pub mod bench;
 pub mod cli;
 pub mod clock;
 pub mod config;

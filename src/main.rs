@@ -13,6 +13,7 @@ fn main() {
             .map_err(|e| e.to_string())
             .and_then(|config| hookd::server::run(config).map_err(|e| e.to_string())),
         Command::Admin(command) => hookd::cli::run(command),
+        Command::Bench(args) => hookd::bench::run(*args),
     };
     if let Err(message) = result {
         eprintln!("hookd: {message}");

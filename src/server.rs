@@ -20,8 +20,6 @@ use crate::config::Config;
 use crate::dispatch::{self, worker};
 use crate::store::{self, Store, WriteOp, WriteOutput};
 
-/// Room in the writer's queue; when it is full, publishes wait briefly and then get 503.
-const WRITER_QUEUE: usize = 8192;
 
 pub type Error = Box<dyn std::error::Error>;
 
@@ -58,7 +56,7 @@ pub fn run(config: Config) -> Result<(), Error> {
     let reader = || store::open_reader(&opened.path, secrets.clone());
     let scheduler_reader = reader()?;
 
-    let (write_tx, write_rx) = bounded(WRITER_QUEUE);
+    let (write_tx, write_rx) = bounded(config.writer_queue);
     let (wake_tx, wake_rx) = unbounded();
     let (fast_tx, fast_rx) = unbounded();
     let (slow_tx, slow_rx) = unbounded();
@@ -67,7 +65,7 @@ pub fn run(config: Config) -> Result<(), Error> {
     let (stop_tx, stop_rx) = bounded::<()>(0);
     let stop_janitor_rx = stop_rx.clone();
     let stopping = Arc::new(AtomicBool::new(false));
-    let store = Store::new(write_tx);
+    let store = Store::new(write_tx, config.enqueue_timeout);
 
     let writer_conn = opened.writer_conn;
     let writer_secrets = secrets.clone();

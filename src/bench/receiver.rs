@@ -68,8 +68,6 @@ pub struct Counts {
     /// Deliveries answered 503.
     pub refused: u64,
     pub handshakes: u64,
-    /// Requests to the no-op server.
-    pub noop: u64,
     /// Deliveries whose signature (or timestamp, or hook) did not check out.
     pub bad_signatures: u64,
     /// Malformed requests and broken connections.
@@ -190,7 +188,6 @@ impl Receiver {
             deliveries: s.deliveries.load(Ordering::SeqCst),
             refused: s.refused.load(Ordering::SeqCst),
             handshakes: s.handshakes.load(Ordering::SeqCst),
-            noop: s.noop.load(Ordering::SeqCst),
             bad_signatures: s.bad_signatures.load(Ordering::SeqCst),
             protocol_errors: s.protocol_errors.load(Ordering::SeqCst),
             last_ns: s.last_ns.load(Ordering::SeqCst),
@@ -216,13 +213,13 @@ fn accept(listener: TcpListener, shared: Arc<Shared>) {
     for stream in listener.incoming() {
         let Ok(stream) = stream else { continue };
         n += 1;
-        let shared = shared.clone();
+        let conn_shared = shared.clone();
         let spawned = thread::Builder::new()
             .name(format!("bench-rx-{n}"))
             .stack_size(256 * 1024)
             .spawn(move || {
-                if serve(&shared, stream).is_err() {
-                    shared.protocol_errors.fetch_add(1, Ordering::Relaxed);
+                if serve(&conn_shared, stream).is_err() {
+                    conn_shared.protocol_errors.fetch_add(1, Ordering::Relaxed);
                 }
             });
         if spawned.is_err() {

@@ -31,8 +31,6 @@ const MIGRATIONS: &[&str] = &[];
 /// The `user_version` of a database that has every migration.
 const SCHEMA_VERSION: i64 = 1 + MIGRATIONS.len() as i64;
 
-/// How long an API request waits for room in the writer's queue before it is told 503.
-const ENQUEUE_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Debug)]
 pub enum StoreError {
@@ -402,11 +400,17 @@ pub struct AttemptRecord {
 #[derive(Clone)]
 pub struct Store {
     tx: Sender<writer::Request>,
+    /// How long an API request waits for room in the writer's queue before it is told
+    /// 503: backpressure instead of unbounded buffering.
+    enqueue_timeout: Duration,
 }
 
 impl Store {
-    pub(crate) fn new(tx: Sender<writer::Request>) -> Store {
-        Store { tx }
+    pub(crate) fn new(tx: Sender<writer::Request>, enqueue_timeout: Duration) -> Store {
+        Store {
+            tx,
+            enqueue_timeout,
+        }
     }
 
     /// Sends one operation and waits until its transaction is committed (or failed).
@@ -429,7 +433,7 @@ impl Store {
 
     /// For API requests: gives up with `Busy` when the writer's queue stays full.
     pub fn api(&self, op: WriteOp) -> Result<WriteOutput, StoreError> {
-        self.call(op, Some(ENQUEUE_TIMEOUT))
+        self.call(op, Some(self.enqueue_timeout))
     }
 
     /// For the engine's own bookkeeping, which must not be dropped: waits for room.
