@@ -239,8 +239,12 @@ fn update_hook(
     let mut hook = load_hook(conn, secrets, id, scope)?;
     if let Some(u) = patch.target_url {
         // Verified (or trusted): it takes effect now, and any older pending change goes.
+        // A hook still waiting for its first verification is verified by this one.
         hook.target_url = u;
         hook.pending_target_url = None;
+        if hook.status == HookStatus::Pending {
+            hook.status = HookStatus::Active;
+        }
         set_verification(conn, &hook.id, &[])?;
     }
     if let Some((u, code_hash)) = patch.pending_target {
@@ -260,7 +264,7 @@ fn update_hook(
     hook.updated_at = now_ms();
     conn.prepare_cached(
         "UPDATE hooks SET target_url = ?2, events = ?3, payload = ?4, batch_max = ?5,
-                          updated_at = ?6, pending_target_url = ?7
+                          updated_at = ?6, pending_target_url = ?7, status = ?8
          WHERE id = ?1",
     )
     .and_then(|mut s| {
@@ -271,7 +275,8 @@ fn update_hook(
             hook.payload.as_str(),
             hook.batch_max,
             hook.updated_at,
-            hook.pending_target_url
+            hook.pending_target_url,
+            hook.status.as_str()
         ])
     })
     .ctx("updating a hook")?;
