@@ -20,7 +20,6 @@ use crate::config::Config;
 use crate::dispatch::{self, worker};
 use crate::store::{self, Store, WriteOp, WriteOutput};
 
-
 pub type Error = Box<dyn std::error::Error>;
 
 fn spawn<F: FnOnce() + Send + 'static>(name: String, f: F) -> Result<JoinHandle<()>, Error> {

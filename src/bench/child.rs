@@ -45,15 +45,20 @@ impl Server {
     /// Starts `hookd serve` on `dir/b.db` with the flags the benchmark needs, then
     /// `extra` (scenario flags) and `user` (`--serve-arg`s).
     pub fn start(dir: &Path, extra: &[String], user: &[String]) -> Result<Server, String> {
-        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         let exe = std::env::current_exe().map_err(|e| format!("cannot find hookd itself: {e}"))?;
         let log = dir.join("hookd.log");
-        let stderr = File::create(&log).map_err(|e| format!("cannot create {}: {e}", log.display()))?;
+        let stderr =
+            File::create(&log).map_err(|e| format!("cannot create {}: {e}", log.display()))?;
         let mut token_bytes = [0u8; 16];
         crate::ids::random_bytes(&mut token_bytes);
         let token = format!(
             "bench_{}",
-            token_bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+            token_bytes
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
         );
         let mut command = Command::new(exe);
         // The child must run what the benchmark says, not what the shell happens to

@@ -185,8 +185,9 @@ impl Buffered {
             }
             Framing::Chunked => loop {
                 let size_line = self.line()?;
-                let size = usize::from_str_radix(size_line.split(';').next().unwrap_or("").trim(), 16)
-                    .map_err(|_| bad("a bad chunk size"))?;
+                let size =
+                    usize::from_str_radix(size_line.split(';').next().unwrap_or("").trim(), 16)
+                        .map_err(|_| bad("a bad chunk size"))?;
                 if size == 0 {
                     // Trailers, up to the blank line.
                     while !self.line()?.is_empty() {}
@@ -245,10 +246,7 @@ impl Conn {
 
     fn try_round_trip(&mut self, request: &[u8]) -> io::Result<u16> {
         self.io.stream.write_all(request)?;
-        let head = self
-            .io
-            .read_head()?
-            .ok_or(io::ErrorKind::UnexpectedEof)?;
+        let head = self.io.read_head()?.ok_or(io::ErrorKind::UnexpectedEof)?;
         let head = Head::parse(&head)?;
         let status = head
             .start

@@ -25,7 +25,9 @@ pub struct Body {
 /// The JSON of one published event of type `ty`.
 pub fn event_json(ty: &str) -> String {
     // `type` first: the no-op server counts events by `{"type"`.
-    format!(r#"{{"type":"{ty}","resource_id":"bench","data":{{"amount":1234,"currency":"eur","note":"hookd bench"}}}}"#)
+    format!(
+        r#"{{"type":"{ty}","resource_id":"bench","data":{{"amount":1234,"currency":"eur","note":"hookd bench"}}}}"#
+    )
 }
 
 /// A publish of one event, or of an array of them when `array` is set.
@@ -57,6 +59,8 @@ pub struct Plan<'a> {
     pub window: Option<(u64, &'a (dyn Fn() -> u64 + Sync))>,
     /// Keep the accepted events (off for the ceiling runs).
     pub record: bool,
+    /// Counts accepted events as they come, for whoever watches the run.
+    pub progress: Option<&'a AtomicU64>,
 }
 
 /// What a run sent and got back.
@@ -178,6 +182,9 @@ fn client(
                 }
                 out.events += k as u64;
                 accepted.fetch_add(k as u64, Ordering::Relaxed);
+                if let Some(p) = plan.progress {
+                    p.fetch_add(k as u64, Ordering::Relaxed);
+                }
             }
             Ok(s) => {
                 out.refused += 1;

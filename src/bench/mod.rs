@@ -189,11 +189,7 @@ fn validate(args: &BenchArgs) -> Result<(), String> {
     if args.batch == 0 || args.batch > 1000 {
         return Err("--batch must be 1 to 1000 (hookd's array publish limit)".into());
     }
-    if args
-        .deliver_batch_max
-        .iter()
-        .any(|b| *b == 0 || *b > 1000)
-    {
+    if args.deliver_batch_max.iter().any(|b| *b == 0 || *b > 1000) {
         return Err("--deliver-batch-max values must be 1 to 1000".into());
     }
     if args.fanout.contains(&0) {

@@ -196,7 +196,13 @@ impl Receiver {
 
     /// Every event recorded since the last call (or reset), in arrival order.
     pub fn take_arrivals(&self) -> Vec<Arrival> {
-        std::mem::take(&mut *self.shared.arrivals.lock().unwrap_or_else(|p| p.into_inner()))
+        std::mem::take(
+            &mut *self
+                .shared
+                .arrivals
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        )
     }
 
     pub fn bad_samples(&self) -> Vec<String> {
@@ -244,9 +250,8 @@ fn serve(shared: &Shared, stream: TcpStream) -> io::Result<()> {
         let handshake;
         let response: &[u8] = if let Some(code) = head.get("x-hook-secret") {
             shared.handshakes.fetch_add(1, Ordering::Relaxed);
-            handshake = format!(
-                "HTTP/1.1 200 OK\r\nX-Hook-Secret: {code}\r\nContent-Length: 0\r\n\r\n"
-            );
+            handshake =
+                format!("HTTP/1.1 200 OK\r\nX-Hook-Secret: {code}\r\nContent-Length: 0\r\n\r\n");
             handshake.as_bytes()
         } else if head.get("webhook-id").is_some() {
             if shared.mode.load(Ordering::Relaxed) == Mode::Unavailable as u8 {
@@ -273,7 +278,10 @@ fn serve(shared: &Shared, stream: TcpStream) -> io::Result<()> {
 }
 
 fn count(haystack: &[u8], needle: &[u8]) -> usize {
-    haystack.windows(needle.len()).filter(|w| w == &needle).count()
+    haystack
+        .windows(needle.len())
+        .filter(|w| w == &needle)
+        .count()
 }
 
 /// A 202 like hookd's: one result, or an array of `n` (when `n` > 0).
@@ -358,10 +366,15 @@ fn verify(head: &Head, body: &[u8], secret: &str) -> Result<(), String> {
         .get("webhook-timestamp")
         .and_then(|t| t.parse().ok())
         .ok_or("no valid webhook-timestamp")?;
-    let signatures = head.get("webhook-signature").ok_or("no webhook-signature")?;
+    let signatures = head
+        .get("webhook-signature")
+        .ok_or("no webhook-signature")?;
     let now = crate::clock::now_ms() / 1000;
     if (now - timestamp).abs() > TIMESTAMP_TOLERANCE {
-        return Err(format!("webhook-timestamp {timestamp} is {}s off", now - timestamp));
+        return Err(format!(
+            "webhook-timestamp {timestamp} is {}s off",
+            now - timestamp
+        ));
     }
     let expected =
         crate::sign::signature(secret, id, timestamp, body).ok_or("the secret is malformed")?;

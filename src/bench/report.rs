@@ -250,7 +250,10 @@ impl Case {
     }
 
     pub fn figure(&self, name: &str) -> Option<f64> {
-        self.figures.iter().find(|f| f.name == name).map(|f| f.value)
+        self.figures
+            .iter()
+            .find(|f| f.name == name)
+            .map(|f| f.value)
     }
 }
 
@@ -322,7 +325,14 @@ impl Run {
             self.elapsed_s
         ));
         let header = [
-            "scenario", "case", "figure", "value", "target", "met", "bare ceiling", "ratio",
+            "scenario",
+            "case",
+            "figure",
+            "value",
+            "target",
+            "met",
+            "bare ceiling",
+            "ratio",
         ];
         let mut rows = vec![header.map(String::from).to_vec()];
         for c in &self.cases {

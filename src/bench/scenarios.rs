@@ -6,6 +6,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -139,7 +140,10 @@ impl Bench<'_> {
         self.rx.reset();
         self.serial += 1;
         let dir = self.dir.join(format!("{:02}-{label}", self.serial));
-        let mut flags = vec!["--dispatchers".to_string(), self.args.dispatchers.to_string()];
+        let mut flags = vec![
+            "--dispatchers".to_string(),
+            self.args.dispatchers.to_string(),
+        ];
         flags.extend_from_slice(extra);
         Server::start(&dir, &flags, &self.args.serve_args)
     }
@@ -272,7 +276,9 @@ impl Bench<'_> {
         let counts = self.rx.counts();
         check.bad_signatures = counts.bad_signatures;
         for why in self.rx.bad_samples() {
-            check.problems.push(format!("delivery refused by the receiver: {why}"));
+            check
+                .problems
+                .push(format!("delivery refused by the receiver: {why}"));
         }
         check
     }
@@ -316,6 +322,7 @@ impl Bench<'_> {
             max_events: None,
             window: None,
             record: false,
+            progress: None,
         });
         let rate = out.rate();
         self.ceilings
@@ -443,10 +450,14 @@ impl Bench<'_> {
             max_events: None,
             window: None,
             record: true,
+            progress: None,
         });
         let resources = self.phase_end(&phase, &server, out.events);
         let rate = out.rate();
-        let mut case = Case::new(scenario, format!("{} clients, {per_request}/publish", args.clients));
+        let mut case = Case::new(
+            scenario,
+            format!("{} clients, {per_request}/publish", args.clients),
+        );
         let (target, ratio) = if batch {
             (Target::at_least(100_000.0), None)
         } else {
@@ -513,27 +524,69 @@ impl Bench<'_> {
             let window = (2 * h as u64 * u64::from(batch_max)).max(5_000);
             let rx = self.rx.clone();
             let delivered = move || rx.events();
+            let accepted = AtomicU64::new(0);
+            let publishing = AtomicBool::new(true);
             let phase = self.phase_start(&server);
-            let out = loadgen::closed_loop(&Plan {
-                addr: server.addr,
-                clients: 2,
-                bodies: &bodies,
-                until: Instant::now() + secs(args.seconds),
-                max_events: None,
-                window: Some((window, &delivered)),
-                record: true,
+            // While publishing, sample how often hookd had nothing queued: if it often
+            // did, the publishers, not delivery, set the pace.
+            let (out, starved) = thread::scope(|scope| {
+                let sampler = scope.spawn(|| {
+                    let (mut samples, mut starved) = (0u64, 0u64);
+                    thread::sleep(Duration::from_millis(200));
+                    while publishing.load(Ordering::Relaxed) {
+                        let queued = accepted
+                            .load(Ordering::Relaxed)
+                            .saturating_sub(self.rx.events());
+                        samples += 1;
+                        if queued < (args.dispatchers as u64).min(h as u64) * u64::from(batch_max) {
+                            starved += 1;
+                        }
+                        thread::sleep(Duration::from_millis(5));
+                    }
+                    starved as f64 / samples.max(1) as f64
+                });
+                let out = loadgen::closed_loop(&Plan {
+                    addr: server.addr,
+                    clients: args.clients,
+                    bodies: &bodies,
+                    until: Instant::now() + secs(args.seconds),
+                    max_events: None,
+                    window: Some((window, &delivered)),
+                    record: true,
+                    progress: Some(&accepted),
+                });
+                publishing.store(false, Ordering::Relaxed);
+                (out, sampler.join().unwrap_or(0.0))
             });
             let mut case = Case::new("deliver", format!("{h} hooks, batch_max {batch_max}"));
             note_problems(&mut case, &out);
+            if starved > 0.1 {
+                case.notes.push(format!(
+                    "hookd's queue ran short {:.0} % of the time while publishing: this figure \
+                     is bounded by how fast {} clients could publish, not by delivery",
+                    starved * 100.0,
+                    args.clients
+                ));
+            }
             self.drain(&mut server, &mut case, out.events, Duration::from_secs(600));
             let resources = self.phase_end(&phase, &server, out.events);
             let counts = self.rx.counts();
             let span = counts.last_ns.saturating_sub(out.first_send_ns) as f64 / 1e9;
             let rate = out.events as f64 / span.max(1e-9);
             let (name, unit, target, ratio) = if batch_max == 1 {
-                ("deliveries/s", "1/s", Some(Target::at_least(15_000.0)), Some(Target::at_least(0.7)))
+                (
+                    "deliveries/s",
+                    "1/s",
+                    Some(Target::at_least(15_000.0)),
+                    Some(Target::at_least(0.7)),
+                )
             } else if batch_max == 100 {
-                ("delivered events/s", "1/s", Some(Target::at_least(100_000.0)), None)
+                (
+                    "delivered events/s",
+                    "1/s",
+                    Some(Target::at_least(100_000.0)),
+                    None,
+                )
             } else {
                 ("delivered events/s", "1/s", None, None)
             };
@@ -591,7 +644,12 @@ impl Bench<'_> {
         // Warm-up: connections open, statements prepared; checked, not timed.
         let warm = loadgen::paced(server.addr, &body, 200.0, 20, 4);
         let mut case = Case::new("latency", format!("{} events/s", args.rate));
-        self.drain(&mut server, &mut case, warm.sent.len() as u64, Duration::from_secs(60));
+        self.drain(
+            &mut server,
+            &mut case,
+            warm.sent.len() as u64,
+            Duration::from_secs(60),
+        );
         let base = self.rx.events();
         let phase = self.phase_start(&server);
         let out = loadgen::paced(server.addr, &body, args.rate, count, senders);
@@ -608,7 +666,11 @@ impl Bench<'_> {
         let mut lat_us: Vec<u32> = out
             .sent
             .iter()
-            .filter_map(|s| arrived.get(&s.event).map(|at| (at.saturating_sub(s.sent_ns) / 1000) as u32))
+            .filter_map(|s| {
+                arrived
+                    .get(&s.event)
+                    .map(|at| (at.saturating_sub(s.sent_ns) / 1000) as u32)
+            })
             .collect();
         let mut commit: Vec<u32> = out.sent.iter().map(|s| s.commit_us).collect();
         for (label, q, target) in [
@@ -664,10 +726,7 @@ impl Bench<'_> {
                 "fanout: creating {n} hooks, then {} fan-outs (after a warm-up)",
                 args.fanout_reps
             ));
-            let extra = vec![
-                "--max-hooks-per-tenant".to_string(),
-                (n + 10).to_string(),
-            ];
+            let extra = vec!["--max-hooks-per-tenant".to_string(), (n + 10).to_string()];
             let mut server = self.launch(&format!("fanout-{n}"), &extra)?;
             let setup = Instant::now();
             let specs: Vec<HookSpec> = (0..n)
@@ -736,8 +795,12 @@ impl Bench<'_> {
             }
             case.figures.push(f);
             case.figures.push(
-                Figure::new("deliveries/s in the burst", n as f64 / (all_med / 1e3).max(1e-9), "1/s")
-                    .ceiling(Some(ceiling)),
+                Figure::new(
+                    "deliveries/s in the burst",
+                    n as f64 / (all_med / 1e3).max(1e-9),
+                    "1/s",
+                )
+                .ceiling(Some(ceiling)),
             );
             case.notes.push(format!(
                 "{} fan-outs after a warm-up: committed {} ms, all arrived {} ms (min–max); \
@@ -748,8 +811,10 @@ impl Bench<'_> {
             ));
             let arrivals = self.rx.take_arrivals();
             let expected = vec![events.clone(); n];
-            case.check =
-                merge_problems(case.check, self.check(&expected, &arrivals, events.len() as u64));
+            case.check = merge_problems(
+                case.check,
+                self.check(&expected, &arrivals, events.len() as u64),
+            );
             self.finish(case, server, resources);
         }
         Ok(())
@@ -788,7 +853,11 @@ impl Bench<'_> {
             if status != 202 {
                 return Err(format!("publishing answered {status}"));
             }
-            accepted.extend(ids_in(&conn.body).map(fingerprint).zip(body.tags.iter().copied()));
+            accepted.extend(
+                ids_in(&conn.body)
+                    .map(fingerprint)
+                    .zip(body.tags.iter().copied()),
+            );
         }
         self.wait_inactive(&mut conn, &server, &hooks)?;
 
@@ -798,12 +867,13 @@ impl Bench<'_> {
         let phase = self.phase_start(&server);
         let out = loadgen::closed_loop(&Plan {
             addr: server.addr,
-            clients: args.clients.min(4),
+            clients: args.clients,
             bodies: &bodies,
             until: deadline,
             max_events: Some(target_n),
             window: None,
             record: true,
+            progress: None,
         });
         note_problems(&mut case, &out);
         let publish_res = self.phase_end(&phase, &server, out.events);
@@ -901,7 +971,12 @@ impl Bench<'_> {
     }
 
     /// Waits until every hook is inactive.
-    fn wait_inactive(&self, conn: &mut Conn, server: &Server, hooks: &[Hook]) -> Result<(), String> {
+    fn wait_inactive(
+        &self,
+        conn: &mut Conn,
+        server: &Server,
+        hooks: &[Hook],
+    ) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(60);
         let wanted: std::collections::HashSet<&str> = hooks.iter().map(|h| h.id.as_str()).collect();
         loop {
@@ -982,7 +1057,13 @@ impl Bench<'_> {
 /// Array publishes whose events go round-robin to `hooks` hooks (`{prefix}{i}` is hook
 /// `i`'s event type; the tag of each event is its hook). Enough bodies that cycling
 /// through them gives every hook the same share.
-fn spread_bodies(addr: SocketAddr, token: &str, hooks: usize, per_body: usize, prefix: &str) -> Vec<Body> {
+fn spread_bodies(
+    addr: SocketAddr,
+    token: &str,
+    hooks: usize,
+    per_body: usize,
+    prefix: &str,
+) -> Vec<Body> {
     let cycle = hooks / gcd(hooks, per_body);
     (0..cycle.min(1000))
         .map(|b| {

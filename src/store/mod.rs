@@ -31,7 +31,6 @@ const MIGRATIONS: &[&str] = &[];
 /// The `user_version` of a database that has every migration.
 const SCHEMA_VERSION: i64 = 1 + MIGRATIONS.len() as i64;
 
-
 #[derive(Debug)]
 pub enum StoreError {
     NotFound,
