@@ -198,6 +198,15 @@ fn print(common: &Common, columns: &[&str], rows: Vec<Value>) {
     }
 }
 
+/// Says what a command did: a sentence, or with `--json` the object.
+fn done(common: &Common, human: String, json: Value) {
+    if common.json {
+        println!("{json}");
+    } else {
+        println!("{human}");
+    }
+}
+
 fn hook_row(h: &Hook) -> Value {
     json!({
         "id": h.id, "tenant": h.tenant, "status": h.status.as_str(), "target_url": h.target_url,
@@ -228,10 +237,14 @@ pub fn run(command: AdminCommand) -> CliResult {
         AdminCommand::Stats(c) => stats(&c),
         AdminCommand::Backup(b) => {
             store::backup(&b.common.db, &b.path).map_err(|e| e.to_string())?;
-            println!(
-                "backed up {} to {}",
-                b.common.db.display(),
-                b.path.display()
+            done(
+                &b.common,
+                format!(
+                    "backed up {} to {}",
+                    b.common.db.display(),
+                    b.path.display()
+                ),
+                json!({"backup": b.path.display().to_string(), "db": b.common.db.display().to_string()}),
             );
             eprintln!(
                 "note: hook secrets in the copy are sealed with the key file \
@@ -293,7 +306,11 @@ fn keys(command: KeysCommand) -> CliResult {
             open(&common)?
                 .apply(WriteOp::RevokeKey { id: id.clone() })
                 .map_err(err)?;
-            println!("revoked {id}");
+            done(
+                &common,
+                format!("revoked {id}"),
+                json!({"id": id, "revoked": true}),
+            );
             Ok(())
         }
     }
@@ -356,7 +373,11 @@ fn hooks(command: HooksCommand) -> CliResult {
                     scope: None,
                 })
                 .map_err(err)?;
-            println!("activated {id}; a running server resumes its deliveries within seconds");
+            done(
+                &common,
+                format!("activated {id}; a running server resumes its deliveries within seconds"),
+                json!({"id": id, "status": "active"}),
+            );
             Ok(())
         }
         HooksCommand::Delete { id, common } => {
@@ -366,7 +387,11 @@ fn hooks(command: HooksCommand) -> CliResult {
                     scope: None,
                 })
                 .map_err(err)?;
-            println!("deleted {id}");
+            done(
+                &common,
+                format!("deleted {id}"),
+                json!({"id": id, "deleted": true}),
+            );
             Ok(())
         }
     }
@@ -414,7 +439,11 @@ fn deliveries(command: DeliveriesCommand) -> CliResult {
                     scope: None,
                 })
                 .map_err(err)?;
-            println!("queued {id} again");
+            done(
+                &common,
+                format!("queued {id} again"),
+                json!({"id": id, "status": "pending"}),
+            );
             Ok(())
         }
     }
@@ -458,11 +487,16 @@ fn stats(common: &Common) -> CliResult {
     if common.json {
         println!("{v}");
     } else {
-        for (status, n) in &gauges.hooks_by_status {
-            println!("hooks {status:<10} {n}");
-        }
-        println!("backlog          {}", gauges.outbox_pending);
-        println!("last hour        delivered {ok}, failed attempts {failed}, dead {dead}");
+        let mut rows: Vec<Value> = gauges
+            .hooks_by_status
+            .iter()
+            .map(|(s, n)| json!({"what": format!("hooks {s}"), "count": n}))
+            .collect();
+        rows.push(json!({"what": "backlog", "count": gauges.outbox_pending}));
+        rows.push(json!({"what": "delivered, last hour", "count": ok}));
+        rows.push(json!({"what": "failed attempts, last hour", "count": failed}));
+        rows.push(json!({"what": "dead, last hour", "count": dead}));
+        print(common, &["what", "count"], rows);
     }
     Ok(())
 }

@@ -6,7 +6,13 @@ use hookd::config::{Cli, Command};
 
 fn main() {
     let cli = Cli::parse();
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        // ureq and rustls dump whole requests at debug/trace, handshake codes and
+        // signatures included: never below info, whatever RUST_LOG says.
+        .filter_module("ureq", log::LevelFilter::Info)
+        .filter_module("ureq_proto", log::LevelFilter::Info)
+        .filter_module("rustls", log::LevelFilter::Info)
+        .init();
     let result = match cli.command {
         Command::Serve(args) => args
             .into_config()
