@@ -49,6 +49,8 @@ const HOOKD_ENV: &[&str] = &[
     "HOOKD_RATE_LIMIT",
     "HOOKD_MAX_HOOKS_PER_TENANT",
     "HOOKD_READ_TIMEOUT",
+    "HOOKD_SHUTDOWN_TIMEOUT",
+    "HOOKD_RETENTION",
     "HTTP_PROXY",
     "HTTPS_PROXY",
     "ALL_PROXY",
@@ -181,6 +183,7 @@ pub struct Options {
     allow_private: bool,
     delivery_timeout: String,
     extra: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 impl Default for Options {
@@ -191,6 +194,7 @@ impl Default for Options {
             allow_private: true,
             delivery_timeout: "2s".into(),
             extra: Vec::new(),
+            env: Vec::new(),
         }
     }
 }
@@ -217,6 +221,12 @@ impl Options {
         self.delivery_timeout = t.into();
         self
     }
+    /// An environment variable for the server (set after the suite's own, so this
+    /// may also override `RUST_LOG` or set a `*_PROXY` the suite otherwise removes).
+    pub fn env(mut self, k: &str, v: &str) -> Options {
+        self.env.push((k.into(), v.into()));
+        self
+    }
     /// Any further flags.
     pub fn arg(mut self, a: &str) -> Options {
         self.extra.push(a.into());
@@ -234,6 +244,7 @@ pub struct Hookd {
     /// The admin token given through `HOOKD_ADMIN_TOKEN`.
     pub admin: String,
     args: Vec<String>,
+    env: Vec<(String, String)>,
     stderr: Arc<Mutex<Vec<u8>>>,
     agent: ureq::Agent,
     // Last so that the child is gone before its database directory is removed.
@@ -309,6 +320,7 @@ impl Hookd {
             port: 0,
             admin: format!("admin-{}", random_hex(16)),
             args,
+            env: opts.env.clone(),
             stderr: Arc::new(Mutex::new(Vec::new())),
             agent,
             dir,
@@ -359,6 +371,7 @@ impl Hookd {
         let mut child = child
             .env("HOOKD_ADMIN_TOKEN", &self.admin)
             .env("RUST_LOG", "warn")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -407,6 +420,9 @@ impl Hookd {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
         let mut child = cmd.spawn().expect("spawn hookd");
         let stdout = child.stdout.take().expect("child stdout");
         let mut stderr = child.stderr.take().expect("child stderr");
@@ -1101,6 +1117,8 @@ pub enum Handshake {
     Ignore,
     /// No answer at all until the sink is dropped: the sender must time out.
     Hang,
+    /// 302 to this URL, without the code: following it is not allowed.
+    Redirect(String),
 }
 
 struct SinkState {
@@ -1314,6 +1332,7 @@ fn sink_worker(server: &tiny_http::Server, state: &Mutex<SinkState>, stop: &Atom
             let mode = state.lock().unwrap().handshake.clone();
             rec.answered = match mode {
                 Handshake::Status(s) => s,
+                Handshake::Redirect(_) => 302,
                 Handshake::Hang => 0,
                 _ => 200,
             };
@@ -1372,6 +1391,9 @@ fn handshake_answer(mode: &Handshake, code: &str) -> tiny_http::Response<std::io
         Handshake::Ignore => tiny_http::Response::from_data(br#"{"ok": true}"#.to_vec())
             .with_status_code(200)
             .with_header(header("Content-Type", "application/json")),
+        Handshake::Redirect(to) => tiny_http::Response::from_data(Vec::new())
+            .with_status_code(302)
+            .with_header(header("Location", to)),
         Handshake::Hang => unreachable!("a hanging handshake is never answered"),
     }
 }

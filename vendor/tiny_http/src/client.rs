@@ -113,6 +113,15 @@ impl ClientConnection {
                     .map_err(|_| IoError::new(ErrorKind::InvalidInput, "Header is not in ASCII"));
             }
 
+            // hookd patch: the previous request left its body unread: close now, before
+            // a single byte of that body is taken for a request.
+            if self.poisoned.load(Ordering::SeqCst) {
+                return Err(IoError::new(
+                    ErrorKind::InvalidData,
+                    "the previous request's body was not read",
+                ));
+            }
+
             prev_byte_was_cr = byte == b'\r';
 
             buf.push(byte);

@@ -100,6 +100,34 @@ impl<R> Drop for NotifyOnDrop<R> {
     }
 }
 
+/// hookd patch: marks the connection poisoned when dropped before its end was read.
+struct MustFinish<R: Read> {
+    inner: R,
+    finished: bool,
+    poisoned: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl<R: Read> Read for MustFinish<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self.inner.read(buf) {
+            Ok(0) if !buf.is_empty() => {
+                self.finished = true;
+                Ok(0)
+            }
+            other => other,
+        }
+    }
+}
+
+impl<R: Read> Drop for MustFinish<R> {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.poisoned
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}
+
 /// Error that can happen when building a `Request` object.
 #[derive(Debug)]
 pub enum RequestCreationError {
@@ -227,7 +255,13 @@ where
     } else if transfer_encoding.is_some() {
         // if a transfer-encoding was specified, then "chunked" is ALWAYS applied
         // over the message (RFC2616 #3.6)
-        Box::new(FusedReader::new(Decoder::new(source_data))) as Box<dyn Read + Send + 'static>
+        // hookd patch: a chunked body not read to its end poisons the connection, so
+        // its remaining bytes are never parsed as further requests.
+        Box::new(MustFinish {
+            inner: FusedReader::new(Decoder::new(source_data)),
+            finished: false,
+            poisoned,
+        }) as Box<dyn Read + Send + 'static>
     } else {
         // if we have neither a Content-Length nor a Transfer-Encoding,
         // assuming that we have no data

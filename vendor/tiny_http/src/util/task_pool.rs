@@ -69,7 +69,11 @@ impl TaskPool {
     pub fn spawn(&self, code: Box<dyn FnMut() + Send>) {
         let mut queue = self.sharing.todo.lock().unwrap();
 
-        if self.sharing.waiting_tasks.load(Ordering::Acquire) == 0 {
+        // hookd patch: a thread woken for an earlier task still counts as waiting until it
+        // takes the lock again; upstream compared with 0 and queued new connections
+        // behind connections that were stalling, so a normal client could wait a whole
+        // read timeout. A new thread is started unless an idle one is left over.
+        if self.sharing.waiting_tasks.load(Ordering::Acquire) <= queue.len() {
             self.add_thread(Some(code));
         } else {
             queue.push_back(code);
