@@ -3,6 +3,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 use time::format_description::well_known::Rfc3339;
+use time::macros::format_description;
 use time::OffsetDateTime;
 
 /// Milliseconds since the unix epoch, as stored in every `*_at` column.
@@ -15,14 +16,14 @@ pub fn now_ms() -> Millis {
         .unwrap_or(0)
 }
 
-/// RFC 3339 UTC with millisecond precision, e.g. `2026-12-04T16:44:39.123Z`.
+/// RFC 3339 UTC with exactly three fractional digits, e.g. `2026-12-04T16:44:39.120Z`.
 pub fn rfc3339(ms: Millis) -> String {
     let nanos = i128::from(ms) * 1_000_000;
     let t = OffsetDateTime::from_unix_timestamp_nanos(nanos).unwrap_or(OffsetDateTime::UNIX_EPOCH);
-    let t = t
-        .replace_nanosecond((ms.rem_euclid(1000) as u32) * 1_000_000)
-        .unwrap_or(t);
-    t.format(&Rfc3339).unwrap_or_default()
+    t.format(format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    ))
+    .unwrap_or_default()
 }
 
 /// Parses an RFC 3339 time into unix milliseconds.
@@ -39,6 +40,7 @@ mod tests {
     fn formats_and_parses_round_trip() {
         let s = rfc3339(1_614_265_330_123);
         assert_eq!(s, "2021-02-25T15:02:10.123Z");
+        assert_eq!(rfc3339(1_614_265_330_000), "2021-02-25T15:02:10.000Z");
         assert_eq!(parse_rfc3339(&s), Some(1_614_265_330_123));
         assert_eq!(
             parse_rfc3339("2021-02-25T16:02:10+01:00"),

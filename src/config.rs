@@ -46,7 +46,7 @@ pub struct ServeArgs {
         value_parser = clap::builder::BoolishValueParser::new()
     )]
     pub allow_private_targets: bool,
-    /// Delays before each retry, comma separated (`ms`, `s`, `m`, `h`).
+    /// Delays before each retry, comma separated (`ms`, `s`, `m`, `h`, `d`).
     #[arg(
         long,
         env = "HOOKD_RETRY_SCHEDULE",

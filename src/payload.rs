@@ -101,7 +101,7 @@ mod tests {
         let skinny = build(&hook(PayloadKind::Skinny, 1), &[(7, &e1)]);
         assert_eq!(
             String::from_utf8(skinny).unwrap(),
-            r#"{"hook_id":"hook_1","event_id":"evt_1","event":"item.create","resource_id":"123","sequence":7,"created_at":"2021-02-25T15:02:10Z"}"#
+            r#"{"hook_id":"hook_1","event_id":"evt_1","event":"item.create","resource_id":"123","sequence":7,"created_at":"2021-02-25T15:02:10.000Z"}"#
         );
         let full = build(&hook(PayloadKind::Full, 10), &[(1, &e1), (2, &e2)]);
         let v: serde_json::Value = serde_json::from_slice(&full).unwrap();

@@ -88,14 +88,13 @@ pub fn publish(req: &Req, idempotency_key: Option<String>) -> Handled {
         check_idempotency_key("Idempotency-Key", k)?;
     }
     let request_key = idempotency_key.map(|k| (k, Sha256::digest(req.body).to_vec()));
-    let count = events.len() as u64;
     match req.ctx.store.api(WriteOp::Publish {
         events,
         array,
         request_key,
     }) {
-        Ok(WriteOutput::Published { body }) => {
-            req.ctx.metrics.published(count);
+        Ok(WriteOutput::Published { body, stored }) => {
+            req.ctx.metrics.published(stored);
             Ok(Reply::raw(202, body))
         }
         Ok(_) => Err(ApiError::internal()),

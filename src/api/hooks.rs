@@ -450,7 +450,7 @@ pub fn retry_delivery(req: &Req, id: &str) -> Handled {
     }) {
         Ok(_) => Ok(Reply::json(202, json!({"id": id, "status": "pending"}))),
         Err(StoreError::NotFound) => Err(ApiError::not_found("delivery")),
-        Err(StoreError::Conflict(m)) => Err(ApiError::conflict("delivery_cancelled", m)),
+        Err(StoreError::Conflict(m)) => Err(ApiError::conflict("not_retryable", m)),
         Err(e) => Err(e.into()),
     }
 }

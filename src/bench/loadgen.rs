@@ -61,6 +61,8 @@ pub struct Plan<'a> {
     pub record: bool,
     /// Counts accepted events as they come, for whoever watches the run.
     pub progress: Option<&'a AtomicU64>,
+    /// Stops the run once this says so, given the events accepted so far.
+    pub enough: Option<&'a (dyn Fn(u64) -> bool + Sync)>,
 }
 
 /// What a run sent and got back.
@@ -147,6 +149,13 @@ fn client(
     };
     'requests: loop {
         if stop.load(Ordering::Relaxed) || Instant::now() >= plan.until {
+            break;
+        }
+        if plan
+            .enough
+            .is_some_and(|f| f(accepted.load(Ordering::Relaxed)))
+        {
+            stop.store(true, Ordering::Relaxed);
             break;
         }
         let body = &plan.bodies[next_body.fetch_add(1, Ordering::Relaxed) % plan.bodies.len()];

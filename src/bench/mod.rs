@@ -71,7 +71,7 @@ pub struct BenchArgs {
     #[arg(long)]
     pub backlog: Option<u64>,
     /// Time the whole run should fit in (seconds); the default backlog is sized to it.
-    #[arg(long, default_value_t = 270.0)]
+    #[arg(long, default_value_t = 240.0)]
     pub budget: f64,
     /// hookd's dispatcher threads (passed to `serve`); also the threads of the bare
     /// delivery-client ceiling.

@@ -279,6 +279,9 @@ pub struct Run {
     pub command: String,
     pub cpus: usize,
     pub dir: String,
+    /// `/proc/loadavg` before and after the run: other work on the machine skews every
+    /// figure, and this shows whether there was any.
+    pub load: (String, String),
 }
 
 impl Run {
@@ -305,6 +308,8 @@ impl Run {
             "command": self.command,
             "machine": {"cpus": self.cpus, "os": std::env::consts::OS, "arch": std::env::consts::ARCH},
             "database_dir": self.dir,
+            "loadavg_before": self.load.0,
+            "loadavg_after": self.load.1,
             "elapsed_s": round(self.elapsed_s, 1),
             "ok": self.ok(),
             "lost": self.lost(),
@@ -318,11 +323,13 @@ impl Run {
     pub fn table(&self) -> String {
         let mut out = String::new();
         out.push_str(&format!(
-            "hookd bench {} — {} CPUs, databases under {}, {:.0} s\n\n",
+            "hookd bench {} — {} CPUs, databases under {}, {:.0} s; load average {} before, {} after\n\n",
             env!("CARGO_PKG_VERSION"),
             self.cpus,
             self.dir,
-            self.elapsed_s
+            self.elapsed_s,
+            self.load.0,
+            self.load.1
         ));
         let header = [
             "scenario",

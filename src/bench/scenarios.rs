@@ -66,6 +66,7 @@ pub fn run_all(args: &BenchArgs, selected: &[Scenario]) -> Result<Run, String> {
         tag.iter().map(|b| format!("{b:02x}")).collect::<String>()
     ));
     std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let load_before = loadavg();
     let rx = Receiver::start().map_err(|e| format!("cannot start the receiver: {e}"))?;
     let mut bench = Bench {
         args,
@@ -124,6 +125,7 @@ pub fn run_all(args: &BenchArgs, selected: &[Scenario]) -> Result<Run, String> {
         command: std::env::args().collect::<Vec<_>>().join(" "),
         cpus: thread::available_parallelism().map_or(1, |n| n.get()),
         dir: base.display().to_string(),
+        load: (load_before, loadavg()),
     })
 }
 
@@ -323,6 +325,7 @@ impl Bench<'_> {
             window: None,
             record: false,
             progress: None,
+            enough: None,
         });
         let rate = out.rate();
         self.ceilings
@@ -451,6 +454,7 @@ impl Bench<'_> {
             window: None,
             record: true,
             progress: None,
+            enough: None,
         });
         let resources = self.phase_end(&phase, &server, out.events);
         let rate = out.rate();
@@ -554,6 +558,7 @@ impl Bench<'_> {
                     window: Some((window, &delivered)),
                     record: true,
                     progress: Some(&accepted),
+                    enough: None,
                 });
                 publishing.store(false, Ordering::Relaxed);
                 (out, sampler.join().unwrap_or(0.0))
@@ -640,7 +645,7 @@ impl Bench<'_> {
             &[("bench.latency".to_string(), 0)],
             false,
         );
-        let senders = ((args.rate / 250.0).ceil() as usize).clamp(4, 32);
+        let senders = ((args.rate / 100.0).ceil() as usize).clamp(4, 64);
         // Warm-up: connections open, statements prepared; checked, not timed.
         let warm = loadgen::paced(server.addr, &body, 200.0, 20, 4);
         let mut case = Case::new("latency", format!("{} events/s", args.rate));
@@ -826,7 +831,7 @@ impl Bench<'_> {
         let args = self.args;
         let ceiling = self.client_ceiling(1);
         let h = args.hooks;
-        let (target_n, deadline) = self.backlog_size();
+        let (target_n, budget) = self.backlog_budget();
         self.progress(&format!(
             "backlog: up to {target_n} events for {h} hooks while they are inactive, then released"
         ));
@@ -865,15 +870,28 @@ impl Bench<'_> {
         let per_body = (args.batch as u64).min(target_n.max(1)) as usize;
         let bodies = spread_bodies(server.addr, &server.token, h, per_body, "bench.b");
         let phase = self.phase_start(&server);
+        let started = Instant::now();
+        // With a time budget, publishing stops once what is queued would take the rest
+        // of it to drain, at the deliver rate measured earlier in the run (or, without
+        // one, at the publish rate so far: draining is rarely faster than queueing).
+        let enough = |queued: u64| -> bool {
+            let Some((end, drain_rate)) = budget else {
+                return false;
+            };
+            let spent = started.elapsed().as_secs_f64();
+            let rate = drain_rate.unwrap_or(queued as f64 / spent.max(0.1));
+            Instant::now() + secs(queued as f64 / rate.max(1.0)) >= end
+        };
         let out = loadgen::closed_loop(&Plan {
             addr: server.addr,
             clients: args.clients,
             bodies: &bodies,
-            until: deadline,
+            until: Instant::now() + Duration::from_secs(24 * 3600),
             max_events: Some(target_n),
             window: None,
             record: true,
             progress: None,
+            enough: Some(&enough),
         });
         note_problems(&mut case, &out);
         let publish_res = self.phase_end(&phase, &server, out.events);
@@ -942,32 +960,22 @@ impl Bench<'_> {
         Ok(())
     }
 
-    /// How many events the backlog queues, and when its publishing must stop: the full
-    /// 1,000,000 when `--backlog` says so; otherwise as many as fit in what is left of
-    /// the budget, shared between publishing and draining by the rates measured so far.
-    fn backlog_size(&self) -> (u64, Instant) {
-        let far = Instant::now() + Duration::from_secs(24 * 3600);
+    /// How many events the backlog queues, and the time budget it must fit in: the full
+    /// 1,000,000 and no budget when `--backlog` is given; otherwise up to 1,000,000 and
+    /// whatever is left of `--budget` (when the run must end, and the drain rate measured
+    /// by the deliver scenario, if it ran).
+    fn backlog_budget(&self) -> (u64, Option<(Instant, Option<f64>)>) {
         if let Some(n) = self.args.backlog {
-            return (n, far);
+            return (n, None);
         }
-        let left = (self.args.budget - self.started.elapsed().as_secs_f64()).max(30.0);
-        let publish = self
-            .cases
-            .iter()
-            .find(|c| c.scenario == "ingest-batch")
-            .and_then(|c| c.figure("accepted events/s"));
+        // Set-up, the wait for inactive hooks and the report take a few seconds.
+        let left = (self.args.budget - self.started.elapsed().as_secs_f64() - 10.0).max(20.0);
         let drain = self
             .cases
             .iter()
             .find(|c| c.scenario == "deliver" && c.case.ends_with("batch_max 1"))
             .and_then(|c| c.figure("deliveries/s"));
-        let share = match (publish, drain) {
-            (Some(p), Some(d)) if p > 0.0 && d > 0.0 => (1.0 / p) / (1.0 / p + 1.0 / d),
-            _ => 0.3,
-        };
-        // Set-up and the wait for inactive hooks take a few seconds of their own.
-        let publish_s = ((left - 10.0) * share).max(5.0);
-        (BACKLOG_DEFAULT, Instant::now() + secs(publish_s))
+        (BACKLOG_DEFAULT, Some((Instant::now() + secs(left), drain)))
     }
 
     /// Waits until every hook is inactive.
@@ -1160,6 +1168,13 @@ fn range(v: &[f64]) -> String {
     } else {
         format!("{min:.1}–{max:.1}")
     }
+}
+
+/// The 1, 5 and 15 minute load averages.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
 }
 
 fn urlencode(s: &str) -> String {

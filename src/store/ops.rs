@@ -63,7 +63,7 @@ pub(super) fn apply(
             array,
             request_key,
         } => publish(conn, index, events, array, request_key, fx)
-            .map(|body| WriteOutput::Published { body }),
+            .map(|(body, stored)| WriteOutput::Published { body, stored }),
         WriteOp::ClaimBatch { batch_id, ids } => {
             claim_batch(conn, &batch_id, &ids).map(WriteOutput::Count)
         }
@@ -468,13 +468,14 @@ fn publish(
     array: bool,
     request_key: Option<(String, Vec<u8>)>,
     fx: &mut Effects,
-) -> Result<String, StoreError> {
+) -> Result<(String, u64), StoreError> {
     let request_key = request_key.map(|(k, h)| (format!("request:{k}"), h));
     if let Some((key, hash)) = &request_key {
         if let Some(stored) = idempotent_replay(conn, key, hash)? {
-            return Ok(stored);
+            return Ok((stored, 0));
         }
     }
+    let mut inserted = 0;
     let mut results = Vec::with_capacity(events.len());
     for event in events {
         let field_key = event
@@ -488,6 +489,7 @@ fn publish(
             }
         }
         let (id, n) = insert_event(conn, index, &event, fx)?;
+        inserted += 1;
         let result = json!({"id": id, "deliveries": n});
         if let Some((key, hash)) = &field_key {
             remember(conn, key, hash, &result.to_string())?;
@@ -502,7 +504,7 @@ fn publish(
     if let Some((key, hash)) = &request_key {
         remember(conn, key, hash, &body)?;
     }
-    Ok(body)
+    Ok((body, inserted))
 }
 
 /// Inserts one event and its fan-out; returns its id and how many hooks it matched.
@@ -702,10 +704,17 @@ fn retry_delivery(
     fx: &mut Effects,
 ) -> Result<(), StoreError> {
     let (hook_id, status) = delivery_hook(conn, id, scope)?;
-    if status == "cancelled" {
-        return Err(StoreError::Conflict(
-            "this delivery was cancelled with its hook".into(),
-        ));
+    match status.as_str() {
+        "cancelled" => {
+            return Err(StoreError::Conflict(
+                "this delivery was cancelled with its hook".into(),
+            ))
+        }
+        "pending" => return Err(StoreError::Conflict(
+            "this delivery is already queued; only a failed, dead or delivered one is sent again"
+                .into(),
+        )),
+        _ => {}
     }
     let now = now_ms();
     // A fresh round of the schedule, sent as soon as its turn in the hook's order comes.

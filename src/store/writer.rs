@@ -105,9 +105,11 @@ pub enum WriteOp {
 pub enum WriteOutput {
     Key(ApiKey),
     Hook(Hook),
-    /// The response body of a publish, and whether it is a stored repeat.
+    /// The response body of a publish, and how many events it newly stored (repeats
+    /// under an idempotency key are not counted).
     Published {
         body: String,
+        stored: u64,
     },
     Count(u64),
     /// After an attempt: when the hook's next delivery is due, if it has one and may send.

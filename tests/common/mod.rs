@@ -4,7 +4,7 @@
 //! temp directory, talks to it over HTTP (ureq, and raw TCP for malformed requests),
 //! and runs loopback receivers (`Sink`) that record every request and answer from a
 //! per-test script. It must not reach into the crate's internals: everything the tests
-//! know comes from SPEC.md and notes/API-DECISIONS.md.
+//! know comes from SPEC.md and README.md ("Choices where the SPEC is silent").
 //!
 //! Every wait is a poll loop with a deadline that fails the test with a message saying
 //! what was awaited and what was seen; there is no sleep-and-hope.

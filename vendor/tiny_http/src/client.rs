@@ -271,12 +271,14 @@ impl Iterator for ClientConnection {
                 }
 
                 Err(ReadError::ReadIoError(ref err)) if err.kind() == ErrorKind::TimedOut => {
-                    // request timeout
+                    // request timeout (hookd patch: in hookd's JSON error shape)
                     let writer = self.sink.next().unwrap();
-                    let response = Response::new_empty(StatusCode(408));
-                    response
-                        .raw_print(writer, HTTPVersion(1, 1), &[], false, None)
-                        .ok();
+                    json_error(
+                        writer,
+                        408,
+                        "request_timeout",
+                        "the request did not arrive in time",
+                    );
                     return None; // closing the connection
                 }
 

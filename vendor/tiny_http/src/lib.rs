@@ -311,7 +311,15 @@ impl Server {
                     Ok((sock, _)) => {
                         use util::RefinedTcpStream;
                         let (read_closable, write_closable) = match ssl {
-                            None => RefinedTcpStream::new(sock),
+                            // hookd patch: see `RefinedTcpStream::try_new`.
+                            None => match RefinedTcpStream::try_new(sock) {
+                                Ok(pair) => pair,
+                                Err(e) => {
+                                    log::warn!("Error accepting new client: {}", e);
+                                    thread::sleep(std::time::Duration::from_millis(50));
+                                    continue;
+                                }
+                            },
                             #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
                             Some(ref ssl) => {
                                 // trying to apply SSL over the connection

@@ -89,6 +89,25 @@ pub struct RefinedTcpStream {
 }
 
 impl RefinedTcpStream {
+    /// hookd patch: like `new`, but a failed clone of the socket (EMFILE when file
+    /// descriptors run out) is an error to handle, not a panic that ends the accept
+    /// thread.
+    pub(crate) fn try_new(stream: Connection) -> IoResult<(RefinedTcpStream, RefinedTcpStream)> {
+        let read = stream.try_clone()?;
+        Ok((
+            RefinedTcpStream {
+                stream: Stream::Http(read),
+                close_read: true,
+                close_write: false,
+            },
+            RefinedTcpStream {
+                stream: Stream::Http(stream),
+                close_read: false,
+                close_write: true,
+            },
+        ))
+    }
+
     pub(crate) fn new<S>(stream: S) -> (RefinedTcpStream, RefinedTcpStream)
     where
         S: Into<Stream>,
