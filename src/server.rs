@@ -257,7 +257,7 @@ fn janitor(store: Store, retention: Duration, stop: Receiver<()>) {
             }
         }
         if pruned > 0 {
-            log::info!("retention: pruned {pruned} finished deliveries");
+            log::info!("retention: pruned {pruned} rows");
         }
     }
 }

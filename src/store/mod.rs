@@ -102,8 +102,10 @@ pub fn open(path: &Path, key_file: &Path) -> Result<Opened, StoreError> {
     }
     let mut conn = Connection::open(path)
         .map_err(|e| StoreError::Open(format!("cannot open {}: {e}", path.display())))?;
-    configure(&conn, false)?;
+    // Refuse a foreign file before changing anything in it (journal mode included).
+    configure(&conn, true)?;
     let created = migrate(&mut conn, path)?;
+    configure(&conn, false)?;
     let secrets = Arc::new(SecretBox::load_or_create(key_file, created).map_err(StoreError::Open)?);
     check_key(&conn, &secrets, key_file)?;
     Ok(Opened {
@@ -253,8 +255,9 @@ impl Direct {
         }
         let mut conn = Connection::open(path)
             .map_err(|e| StoreError::Open(format!("cannot open {}: {e}", path.display())))?;
-        configure(&conn, false)?;
+        configure(&conn, true)?;
         migrate(&mut conn, path)?;
+        configure(&conn, false)?;
         let secrets =
             Arc::new(SecretBox::load_or_create(key_file, false).map_err(StoreError::Open)?);
         check_key(&conn, &secrets, key_file)?;

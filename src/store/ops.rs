@@ -764,8 +764,8 @@ fn replay(
 }
 
 /// Retention, one small batch at a time so the writer is never held for long. Returns
-/// how many finished deliveries (batches) it removed; the caller repeats while that is
-/// `limit`.
+/// the largest count removed of one kind (delivery batches, events, idempotency keys);
+/// the caller repeats while that is `limit`.
 fn prune(conn: &Connection, cutoff: Millis, limit: u32) -> Result<u64, StoreError> {
     let batches: Vec<String> = conn
         .prepare_cached(
@@ -791,21 +791,25 @@ fn prune(conn: &Connection, cutoff: Millis, limit: u32) -> Result<u64, StoreErro
                 .ctx("pruning a delivery")?;
         }
     }
-    conn.prepare_cached(
-        "DELETE FROM events WHERE id IN (
-             SELECT e.id FROM events e
-             WHERE e.id < ?1 AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id)
-             LIMIT ?2)",
-    )
-    .and_then(|mut s| s.execute(params![crate::ids::id_at("evt", cutoff), limit]))
-    .ctx("pruning events")?;
-    conn.prepare_cached(
-        "DELETE FROM idempotency WHERE key IN (
-             SELECT key FROM idempotency WHERE created_at < ?1 LIMIT ?2)",
-    )
-    .and_then(|mut s| s.execute(params![now_ms() - IDEMPOTENCY_TTL_MS, limit]))
-    .ctx("pruning idempotency keys")?;
-    Ok(batches.len() as u64)
+    let events = conn
+        .prepare_cached(
+            "DELETE FROM events WHERE id IN (
+                 SELECT e.id FROM events e
+                 WHERE e.id < ?1 AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id)
+                 LIMIT ?2)",
+        )
+        .and_then(|mut s| s.execute(params![crate::ids::id_at("evt", cutoff), limit]))
+        .ctx("pruning events")?;
+    let keys = conn
+        .prepare_cached(
+            "DELETE FROM idempotency WHERE key IN (
+                 SELECT key FROM idempotency WHERE created_at < ?1 LIMIT ?2)",
+        )
+        .and_then(|mut s| s.execute(params![now_ms() - IDEMPOTENCY_TTL_MS, limit]))
+        .ctx("pruning idempotency keys")?;
+    // Whichever kind filled its batch says there is more: batched hooks leave many
+    // events per delivery, and events that matched no hook have no delivery at all.
+    Ok(batches.len().max(events).max(keys) as u64)
 }
 
 /// `(id, tenant, patterns)` of every live hook, to build the fan-out index.
