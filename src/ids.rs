@@ -73,11 +73,12 @@ mod tests {
 
     #[test]
     fn ids_are_prefixed_and_increasing() {
+        let before = crate::clock::now_ms();
         let a = new_id("evt");
         let b = new_id("evt");
+        let after = crate::clock::now_ms();
         assert!(a.starts_with("evt_") && a.len() == 30, "{a}");
         assert!(b > a, "{b} should sort after {a}");
-        let now = crate::clock::now_ms();
-        assert!(id_at("evt", now - 1) < a && a < id_at("evt", now + 1000));
+        assert!(id_at("evt", before) <= a && b < id_at("evt", after + 1));
     }
 }
