@@ -230,6 +230,14 @@ pub fn run(
         let result = commit_group(&mut conn, &mut index, &secrets, &mut group, &wakeups);
         // A storage fault (disk full, I/O error) is logged once when it starts and once
         // when it ends, not once per request; callers get 503 meanwhile.
+        if result.is_err() {
+            // The group waited out the busy timeout (or hit a full disk) and failed. What
+            // queued up meanwhile would only wait as long again, one group after
+            // another: it is answered now, so callers hear 503 within one timeout.
+            while let Ok(r) = requests.try_recv() {
+                let _ = r.reply.send(Err(StoreError::Busy));
+            }
+        }
         match (result, failing) {
             (Err(e), false) => {
                 log::error!("writer: commits are failing, answering 503 until they succeed: {e}");
