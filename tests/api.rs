@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use serde_json::{json, Value};
+use serde_json::json;
 
 #[test]
 fn keys_are_shown_once_and_revoked_at_once() {
@@ -167,12 +167,7 @@ fn subscriber_keys_see_only_their_own_tenant() {
     );
 
     let list = hookd.get(t, "/v1/hooks").expect(200);
-    let ids: Vec<&Value> = list["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|h| &h["id"])
-        .collect();
+    let ids = data_field(&list, "id");
     assert_eq!(ids, [&json!(mine.id)], "acme's hook list");
 
     // Its own delivered event it may fetch, with data; the list holds only its tenant's.
@@ -181,12 +176,7 @@ fn subscriber_keys_see_only_their_own_tenant() {
         .expect(200);
     assert_eq!(ev["data"], json!({"t": "acme"}));
     let events = hookd.get(t, "/v1/events?type=t.x").expect(200);
-    let ids: Vec<&Value> = events["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| &e["event_id"])
-        .collect();
+    let ids = data_field(&events, "event_id");
     assert_eq!(
         ids,
         [&json!(acme_marker), &json!(acme_event)],

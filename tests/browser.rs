@@ -9,14 +9,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
-use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{wait_until_or, Hookd, Sink};
+use common::{drain_output, wait_until_or, Hookd, Sink};
 use serde_json::json;
 
 /// The answer of the failing receiver: markup that would run if the page used it as HTML.
@@ -172,14 +171,7 @@ impl Driver {
         let mut cmd = Command::new("node");
         cmd.arg("dashboard.mjs").current_dir(dir);
         // The browser talks to 127.0.0.1 only: no proxy may get in between.
-        for var in [
-            "HTTP_PROXY",
-            "HTTPS_PROXY",
-            "ALL_PROXY",
-            "http_proxy",
-            "https_proxy",
-            "all_proxy",
-        ] {
+        for var in common::PROXY_ENV {
             cmd.env_remove(var);
         }
         for (k, v) in env {
@@ -192,28 +184,8 @@ impl Driver {
             .spawn()
             .expect("spawn node tests/browser/dashboard.mjs");
         let stdin = child.stdin.take();
-        let stdout = child.stdout.take().expect("driver stdout");
-        let mut stderr_pipe = child.stderr.take().expect("driver stderr");
-        let (tx, lines) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
         let stderr = Arc::new(Mutex::new(Vec::new()));
-        let sink = Arc::clone(&stderr);
-        thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            loop {
-                match stderr_pipe.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => sink.lock().unwrap().extend_from_slice(&buf[..n]),
-                }
-            }
-        });
+        let lines = drain_output(&mut child, &stderr);
         Driver {
             child,
             stdin,

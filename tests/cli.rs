@@ -6,8 +6,8 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use common::*;
 use serde_json::{json, Value};
@@ -74,36 +74,22 @@ impl Run {
 /// Runs the binary with a clean environment (no `HOOKD_*` from the developer's shell).
 fn hookd_cli<S: AsRef<str>>(args: &[S]) -> Run {
     let args: Vec<String> = args.iter().map(|a| a.as_ref().to_string()).collect();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hookd"));
+    let mut cmd = Command::new(HOOKD_BIN);
     cmd.args(&args);
     for (k, _) in std::env::vars() {
         if k.starts_with("HOOKD_") {
             cmd.env_remove(k);
         }
     }
-    let mut child = cmd
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn hookd");
-    let deadline = Instant::now() + WAIT;
     // The outputs are small; the pipes do not fill before the process ends.
-    while child.try_wait().expect("wait for hookd").is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("hookd {args:?} still ran after {WAIT:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let out = child.wait_with_output().expect("hookd output");
+    let out = output_within(cmd.env("RUST_LOG", "warn"), WAIT)
+        .unwrap_or_else(|_| panic!("hookd {args:?} still ran after {WAIT:?}"));
+    let out = Exited::from(out);
     Run {
         args,
         code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        stdout: out.stdout,
+        stderr: out.stderr,
     }
 }
 

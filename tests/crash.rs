@@ -17,7 +17,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{wait_until_or, Recorded, Sink, TempDir};
-use faultkit::{agent, call, Rng, Server};
+use faultkit::{agent, publish_with, Rng, Server};
 use serde_json::{json, Value};
 
 const KILLS: usize = 6;
@@ -235,14 +235,7 @@ fn publisher(
         } else {
             Value::Array(events.iter().map(|(_, e)| e.clone()).collect())
         };
-        match call(
-            &agent,
-            port.load(Ordering::SeqCst),
-            Some(admin),
-            "POST",
-            "/v1/events",
-            Some(&body),
-        ) {
+        match publish_with(&agent, port.load(Ordering::SeqCst), admin, &body) {
             Ok(a) if a.status == 202 => {
                 let results = match &a.body {
                     Value::Array(items) => items.clone(),

@@ -135,11 +135,6 @@ fn event_list_is_newest_first_in_the_full_delivery_shape() {
             &format!("/v1/events?type=list.me&limit=3&after={}", urlencode(next)),
         )
         .expect(200);
-    let got: Vec<&Value> = rest["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| &e["event_id"])
-        .collect();
+    let got = data_field(&rest, "event_id");
     assert_eq!(got, [&json!(ids[1]), &json!(ids[0])], "second page");
 }

@@ -8,14 +8,21 @@ mod common;
 mod faultkit;
 
 use std::collections::BTreeSet;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{random_hex, Reply, Sink, TempDir, WAIT};
-use faultkit::{db_count, run_to_exit, Server};
+use faultkit::{db_count, run_to_exit, Exited, Server};
 use serde_json::json;
+
+/// `hookd serve --db <db>` on a free port, expected to refuse to start and exit.
+fn serve_to_exit(db: &Path) -> Exited {
+    let db = db.to_str().unwrap();
+    run_to_exit(&["serve", "--db", db, "--listen", "127.0.0.1:0"], WAIT)
+}
 
 // ---------------------------------------------------------------------------
 // One process per database
@@ -29,7 +36,7 @@ fn a_second_server_names_the_lock_and_exits_at_once() {
     let db = dir.path.join("hookd.db");
     let mut first = Server::on(&db).start();
     let db_arg = db.to_string_lossy().into_owned();
-    let second = run_to_exit(&["serve", "--db", &db_arg, "--listen", "127.0.0.1:0"], WAIT);
+    let second = serve_to_exit(&db);
     assert_eq!(
         second.status.code(),
         Some(1),
@@ -67,16 +74,7 @@ fn a_file_of_random_bytes_is_refused_with_exit_1_and_left_alone() {
     getrandom::fill(&mut bytes).unwrap();
     std::fs::write(&db, &bytes).unwrap();
 
-    let out = run_to_exit(
-        &[
-            "serve",
-            "--db",
-            db.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-        ],
-        WAIT,
-    );
+    let out = serve_to_exit(&db);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(!out.stdout.contains("listening on"), "{out:?}");
     assert!(
@@ -110,16 +108,7 @@ fn a_foreign_sqlite_database_is_refused_with_exit_1() {
         .unwrap();
     }
 
-    let out = run_to_exit(
-        &[
-            "serve",
-            "--db",
-            db.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-        ],
-        WAIT,
-    );
+    let out = serve_to_exit(&db);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(!out.stdout.contains("listening on"), "{out:?}");
     assert!(
@@ -153,16 +142,7 @@ fn refusing_a_foreign_database_leaves_its_journal_mode_alone() {
             .unwrap();
     }
     let before = std::fs::read(&db).unwrap();
-    let out = run_to_exit(
-        &[
-            "serve",
-            "--db",
-            db.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-        ],
-        WAIT,
-    );
+    let out = serve_to_exit(&db);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let after = std::fs::read(&db).unwrap();
     assert_eq!(
@@ -208,15 +188,8 @@ fn backup_while_delivering_gives_a_copy_with_the_hooks_and_pending_deliveries() 
             while !stop.load(Ordering::SeqCst) {
                 i += 1;
                 let body = json!({"type": "b.e", "resource_id": format!("d{i}")});
-                let a = faultkit::call(
-                    &agent,
-                    port,
-                    Some(&admin),
-                    "POST",
-                    "/v1/events",
-                    Some(&body),
-                )
-                .expect("publish during the backup");
+                let a = faultkit::publish_with(&agent, port, &admin, &body)
+                    .expect("publish during the backup");
                 assert_eq!(a.status, 202, "publish during the backup: {a}");
                 *during.lock().unwrap() += 1;
             }
@@ -402,15 +375,8 @@ fn a_full_writer_queue_refuses_at_once_and_queued_publishes_still_commit() {
             thread::spawn(move || {
                 let body = json!({"type": "q.e", "resource_id": format!("q{i}")});
                 let started = Instant::now();
-                let a = faultkit::call(
-                    &faultkit::agent(WAIT),
-                    port,
-                    Some(&admin),
-                    "POST",
-                    "/v1/events",
-                    Some(&body),
-                )
-                .expect("publish");
+                let a = faultkit::publish_with(&faultkit::agent(WAIT), port, &admin, &body)
+                    .expect("publish");
                 outcomes
                     .lock()
                     .unwrap()

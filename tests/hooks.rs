@@ -113,12 +113,7 @@ fn delete_answers_204_then_404_and_cancels_pending_deliveries() {
         "the deleted hook's pending delivery was attempted again"
     );
     let listed = hookd.get(&hookd.admin, "/v1/hooks").expect(200);
-    let ids: Vec<&Value> = listed["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|h| &h["id"])
-        .collect();
+    let ids = data_field(&listed, "id");
     assert_eq!(ids, [&json!(alive.id)], "hook list after DELETE");
 }
 

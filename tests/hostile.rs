@@ -26,6 +26,17 @@ fn start() -> Hookd {
     Hookd::options().arg("--read-timeout").arg("1s").start()
 }
 
+/// `start()` with only two handler threads, so that a few stalled clients could hold
+/// them all.
+fn start_with_two_handlers() -> Hookd {
+    Hookd::options()
+        .arg("--read-timeout")
+        .arg("1s")
+        .arg("--handlers")
+        .arg("2")
+        .start()
+}
+
 /// Connects and sends `bytes`, then nothing more.
 fn send_partial(port: u16, bytes: &[u8]) -> TcpStream {
     let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to hookd");
@@ -194,12 +205,7 @@ fn a_normal_client_is_served_while_others_stall() {
 
 #[test]
 fn clients_that_stop_half_way_are_dropped() {
-    let hookd = Hookd::options()
-        .arg("--read-timeout")
-        .arg("1s")
-        .arg("--handlers")
-        .arg("2")
-        .start();
+    let hookd = start_with_two_handlers();
     let port = hookd.port;
     let mut stalled = Vec::new();
     for (what, bytes) in half_sent(port) {
@@ -258,12 +264,7 @@ const BODY_DEADLINE: Duration = Duration::from_secs(4);
 /// `BODY_DEADLINE`. (Holding a handler thread until the deadline is allowed; holding it
 /// for as long as the client keeps trickling is not.)
 fn assert_trickles_are_cut_off(what: &str, head: impl Fn(u16, &str) -> String) {
-    let hookd = Hookd::options()
-        .arg("--read-timeout")
-        .arg("1s")
-        .arg("--handlers")
-        .arg("2")
-        .start();
+    let hookd = start_with_two_handlers();
     let port = hookd.port;
     // One byte every 200 ms: never idle as long as the read timeout, never finished.
     let stop = Arc::new(AtomicBool::new(false));

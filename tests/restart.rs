@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use common::*;
 use serde_json::json;
@@ -65,22 +65,15 @@ fn restart_after_kill_keeps_hooks_and_delivers_undelivered_events_in_order() {
 #[test]
 fn a_second_server_on_the_same_database_refuses_to_start() {
     let hookd = Hookd::start();
-    let mut second = Command::new(env!("CARGO_BIN_EXE_hookd"))
+    let mut second = Command::new(HOOKD_BIN);
+    second
         .args(hookd.args())
         .env("HOOKD_ADMIN_TOKEN", &hookd.admin)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn a second hookd");
-    let status = wait_until_or(WAIT, || second.try_wait().ok().flatten());
-    let Some(status) = status else {
-        let _ = second.kill();
-        let _ = second.wait();
-        panic!("a second hookd on the same database is still running after {WAIT:?}");
-    };
-    let out = second.wait_with_output().expect("second output");
+        .env("RUST_LOG", "warn");
+    let out = output_within(&mut second, WAIT).unwrap_or_else(|_| {
+        panic!("a second hookd on the same database is still running after {WAIT:?}")
+    });
+    let status = out.status;
     assert!(!status.success(), "the second hookd exited 0");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(

@@ -167,15 +167,8 @@ fn steady_load(batch_max: u32) {
                 let batch: Vec<Value> = (0..50)
                     .map(|_| json!({"type": "load.e", "data": {"filler": filler}}))
                     .collect();
-                let a = faultkit::call(
-                    &agent,
-                    port,
-                    Some(&admin),
-                    "POST",
-                    "/v1/events",
-                    Some(&Value::Array(batch)),
-                )
-                .expect("publish");
+                let a = faultkit::publish_with(&agent, port, &admin, &Value::Array(batch))
+                    .expect("publish");
                 assert_eq!(a.status, 202, "publish under load: {a}");
                 events.fetch_add(50, Ordering::SeqCst);
             }

@@ -82,15 +82,7 @@ fn sigterm_lets_the_delivery_in_flight_finish_and_exits_0() {
 
 #[test]
 fn sigint_past_the_shutdown_timeout_releases_the_attempt_for_the_next_start() {
-    let hang = Hang::start();
-    let dir = TempDir::new();
-    let mut server = Server::on(&dir.path.join("hookd.db"))
-        .set("--shutdown-timeout", "1s")
-        .set("--delivery-timeout", "30s")
-        .start();
-    server.hook(json!({"target_url": hang.url("/hang"), "event": "h.*"}));
-    server.publish("h.e", "1");
-    wait_for_requests(&hang, 1);
+    let (hang, _dir, mut server) = delivery_hanging("1s");
 
     let signalled = Instant::now();
     server.signal("INT");
@@ -120,15 +112,7 @@ fn sigint_past_the_shutdown_timeout_releases_the_attempt_for_the_next_start() {
 
 #[test]
 fn a_second_sigterm_while_stopping_exits_at_once_with_130() {
-    let hang = Hang::start();
-    let dir = TempDir::new();
-    let mut server = Server::on(&dir.path.join("hookd.db"))
-        .set("--shutdown-timeout", "20s")
-        .set("--delivery-timeout", "30s")
-        .start();
-    server.hook(json!({"target_url": hang.url("/hang"), "event": "h.*"}));
-    server.publish("h.e", "1");
-    wait_for_requests(&hang, 1);
+    let (hang, _dir, mut server) = delivery_hanging("20s");
 
     server.signal("TERM");
     // The first signal is being handled: hookd waits for the hanging receiver.
@@ -159,6 +143,22 @@ fn a_second_sigterm_while_stopping_exits_at_once_with_130() {
     server.start_again();
     let ids = wait_for_requests(&hang, 2);
     assert_eq!(ids[0], ids[1], "sent again under another webhook-id");
+}
+
+/// A server with this `--shutdown-timeout` whose one delivery is in flight to a
+/// receiver that never answers (`--delivery-timeout 30s`); the temp dir holds its
+/// database.
+fn delivery_hanging(shutdown_timeout: &str) -> (Hang, TempDir, Server) {
+    let hang = Hang::start();
+    let dir = TempDir::new();
+    let server = Server::on(&dir.path.join("hookd.db"))
+        .set("--shutdown-timeout", shutdown_timeout)
+        .set("--delivery-timeout", "30s")
+        .start();
+    server.hook(json!({"target_url": hang.url("/hang"), "event": "h.*"}));
+    server.publish("h.e", "1");
+    wait_for_requests(&hang, 1);
+    (hang, dir, server)
 }
 
 /// Waits until the hanging receiver has read `n` request heads; their webhook-ids.

@@ -265,12 +265,7 @@ fn only_an_admin_may_skip_the_handshake() {
         )
         .expect_error(403, "forbidden");
     let acme = hookd.get(&sub.token, "/v1/hooks").expect(200);
-    let ids: Vec<&Value> = acme["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|h| &h["id"])
-        .collect();
+    let ids = data_field(&acme, "id");
     assert_eq!(
         ids,
         [&skipped["id"]],

@@ -15,7 +15,7 @@ use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
@@ -51,6 +51,10 @@ const HOOKD_ENV: &[&str] = &[
     "HOOKD_READ_TIMEOUT",
     "HOOKD_SHUTDOWN_TIMEOUT",
     "HOOKD_RETENTION",
+];
+
+/// Proxy variables: every client in the suite talks to 127.0.0.1, with nothing between.
+pub const PROXY_ENV: &[&str] = &[
     "HTTP_PROXY",
     "HTTPS_PROXY",
     "ALL_PROXY",
@@ -58,6 +62,9 @@ const HOOKD_ENV: &[&str] = &[
     "https_proxy",
     "all_proxy",
 ];
+
+/// The binary under test.
+pub const HOOKD_BIN: &str = env!("CARGO_BIN_EXE_hookd");
 
 // ---------------------------------------------------------------------------
 // Small utilities
@@ -83,6 +90,17 @@ pub fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Optio
         }
         thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// The `field` of each item in a list answer's `data` array.
+#[track_caller]
+pub fn data_field<'a>(list: &'a Value, field: &str) -> Vec<&'a Value> {
+    list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|item| &item[field])
+        .collect()
 }
 
 /// Percent-encodes a query-string value (cursors are opaque and may hold `+`, `=`, `/`).
@@ -131,6 +149,251 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.path);
     }
+}
+
+/// The last `n` characters of `text` on stderr under `title`: a failing test's view of a
+/// server's log.
+pub fn print_tail(title: &str, text: &str, n: usize) {
+    let tail: String = text
+        .chars()
+        .rev()
+        .take(n)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    eprintln!("--- {title} (tail) ---\n{tail}\n---");
+}
+
+// ---------------------------------------------------------------------------
+// Child processes (shared with faultkit)
+// ---------------------------------------------------------------------------
+
+/// `program` (hookd, or a shell that execs it) with a clean environment: no `HOOKD_*`
+/// or proxy variables from the developer's shell, `HOOKD_ADMIN_TOKEN` = `admin` and
+/// `RUST_LOG` = `log`.
+pub fn server_command(program: &str, admin: &str, log: &str) -> Command {
+    let mut cmd = Command::new(program);
+    for var in HOOKD_ENV.iter().chain(PROXY_ENV) {
+        cmd.env_remove(var);
+    }
+    cmd.env("HOOKD_ADMIN_TOKEN", admin).env("RUST_LOG", log);
+    cmd
+}
+
+/// Reads the child's output on two threads: the lines of its stdout come out of the
+/// returned channel (read to the end even once nobody listens, so the child never blocks
+/// on a pipe); the bytes of its stderr are appended to `stderr`, a clone of which the
+/// thread holds until the pipe closes.
+pub fn drain_output(child: &mut Child, stderr: &Arc<Mutex<Vec<u8>>>) -> mpsc::Receiver<String> {
+    let stdout = child.stdout.take().expect("child stdout");
+    let mut pipe = child.stderr.take().expect("child stderr");
+    let (tx, rx) = mpsc::channel::<String>();
+    thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let _ = tx.send(line);
+        }
+    });
+    let sink = Arc::clone(stderr);
+    thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        loop {
+            match pipe.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => sink.lock().unwrap().extend_from_slice(&buf[..n]),
+            }
+        }
+    });
+    rx
+}
+
+/// Starts `cmd` with stdin closed and stdout and stderr piped.
+fn spawn_piped(cmd: &mut Command) -> Child {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn hookd")
+}
+
+/// Starts `cmd`, a `hookd serve` (stdin closed, stdout and stderr piped), appends what
+/// it writes on stderr to `stderr` and waits (at most `WAIT`) for its
+/// `listening on http://…` line. Returns the child and its port. If the process exits
+/// first, or prints no such line in time (it is killed then), the test fails with what
+/// it wrote.
+pub fn spawn_serve(cmd: &mut Command, stderr: &Arc<Mutex<Vec<u8>>>) -> (Child, u16) {
+    let mut child = spawn_piped(cmd);
+    let rx = drain_output(&mut child, stderr);
+    let deadline = Instant::now() + WAIT;
+    let mut seen = Vec::new();
+    let failure = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                if let Some(rest) = line.trim().strip_prefix("listening on http://") {
+                    let port = rest
+                        .rsplit(':')
+                        .next()
+                        .and_then(|p| p.trim_end_matches('/').parse::<u16>().ok());
+                    match port {
+                        Some(port) => return (child, port),
+                        None => break format!("cannot read a port from {line:?}"),
+                    }
+                }
+                seen.push(line);
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                break format!("hookd printed no `listening on http://…` line within {WAIT:?}")
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                let status = wait_until_or(WAIT, || child.try_wait().ok().flatten());
+                break format!("hookd exited ({status:?}) before listening");
+            }
+        }
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    // Let the stderr thread catch up with the last words.
+    thread::sleep(Duration::from_millis(100));
+    let log = String::from_utf8_lossy(&stderr.lock().unwrap()).into_owned();
+    panic!("{failure}\nstdout: {seen:?}\nstderr:\n{log}");
+}
+
+/// Starts `cmd` (stdin closed, stdout and stderr piped) and waits at most `timeout` for
+/// it to exit by itself. `Err` holds what it wrote when it still ran and was killed.
+pub fn output_within(cmd: &mut Command, timeout: Duration) -> Result<Output, Output> {
+    let mut child = spawn_piped(cmd);
+    let exited = wait_until_or(timeout, || child.try_wait().ok().flatten()).is_some();
+    if !exited {
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output().expect("hookd output");
+    if exited {
+        Ok(out)
+    } else {
+        Err(out)
+    }
+}
+
+/// Runs `cmd` (hookd with `args`) to its end; fails the test, with what it wrote, if it
+/// still runs after `timeout`.
+pub fn run_to_exit_within<S: std::fmt::Debug>(
+    cmd: &mut Command,
+    args: &[S],
+    timeout: Duration,
+) -> Exited {
+    let out = output_within(cmd, timeout).unwrap_or_else(|out| {
+        panic!(
+            "hookd {args:?} was expected to exit but still ran after {timeout:?}\n\
+             stdout: {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    Exited::from(out)
+}
+
+// ---------------------------------------------------------------------------
+// HTTP plumbing (shared with faultkit)
+// ---------------------------------------------------------------------------
+
+/// The suite's HTTP client: every status is an answer, no proxy, no redirects, and a
+/// whole request gives up after `timeout`.
+pub fn agent(timeout: Duration) -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .proxy(None)
+        .max_redirects(0)
+        .timeout_global(Some(timeout))
+        .build()
+        .into()
+}
+
+/// One request with `agent`: `token` as a bearer token and `headers` when given, `body`
+/// as `application/json` when given. `Err` is a transport error (refused, reset,
+/// timeout).
+pub fn send(
+    agent: &ureq::Agent,
+    url: &str,
+    method: &str,
+    token: Option<&str>,
+    headers: &[(&str, &str)],
+    body: Option<&Value>,
+) -> Result<ureq::http::Response<ureq::Body>, ureq::Error> {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let auth = auth.as_deref();
+    match (method, body) {
+        ("GET", None) => with_headers(agent.get(url), auth, headers).call(),
+        ("DELETE", None) => with_headers(agent.delete(url), auth, headers).call(),
+        ("POST", None) => with_headers(agent.post(url), auth, headers).send_empty(),
+        ("PATCH", None) => with_headers(agent.patch(url), auth, headers).send_empty(),
+        ("PUT", None) => with_headers(agent.put(url), auth, headers).send_empty(),
+        (m @ ("POST" | "PATCH" | "PUT"), Some(v)) => {
+            let bytes = serde_json::to_vec(v).unwrap();
+            let b = match m {
+                "POST" => agent.post(url),
+                "PATCH" => agent.patch(url),
+                _ => agent.put(url),
+            };
+            with_headers(b.content_type("application/json"), auth, headers).send(bytes)
+        }
+        (m, b) => panic!("unsupported request in harness: {m} with body {b:?}"),
+    }
+}
+
+fn with_headers<B>(
+    mut b: ureq::RequestBuilder<B>,
+    auth: Option<&str>,
+    headers: &[(&str, &str)],
+) -> ureq::RequestBuilder<B> {
+    if let Some(a) = auth {
+        b = b.header("Authorization", a);
+    }
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    b
+}
+
+/// An answer's status, lowercased headers and body bytes; `Err` if the body could not
+/// be read.
+pub fn read_answer(
+    resp: &mut ureq::http::Response<ureq::Body>,
+) -> Result<(u16, Headers, Vec<u8>), ureq::Error> {
+    let status = resp.status().as_u16();
+    let headers = resp
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_ascii_lowercase(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    let raw = resp.body_mut().read_to_vec()?;
+    Ok((status, headers, raw))
+}
+
+/// A body as JSON: `Value::Null` when empty, a JSON string holding the text when it is
+/// not JSON.
+pub fn parse_body(raw: &[u8]) -> Value {
+    if raw.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(raw)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(raw).into_owned()))
+    }
+}
+
+/// The value of header `name` among lowercased `headers`.
+pub fn header_in<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    let name = name.to_ascii_lowercase();
+    headers
+        .iter()
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.as_str())
 }
 
 // ---------------------------------------------------------------------------
@@ -267,6 +530,16 @@ pub struct Exited {
     pub stderr: String,
 }
 
+impl From<Output> for Exited {
+    fn from(out: Output) -> Exited {
+        Exited {
+            status: out.status,
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
 /// An API key as created: its id and its token (shown once).
 #[derive(Clone, Debug)]
 pub struct Key {
@@ -308,13 +581,6 @@ impl Hookd {
             args.push(n.to_string());
         }
         args.extend(opts.extra.iter().cloned());
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .proxy(None)
-            .max_redirects(0)
-            .timeout_global(Some(WAIT))
-            .build()
-            .into();
         let mut hookd = Hookd {
             child: None,
             port: 0,
@@ -322,7 +588,7 @@ impl Hookd {
             args,
             env: opts.env.clone(),
             stderr: Arc::new(Mutex::new(Vec::new())),
-            agent,
+            agent: agent(WAIT),
             dir,
         };
         hookd.spawn();
@@ -363,37 +629,8 @@ impl Hookd {
     /// exit by itself (a start-up refusal); fails the test if it is still running after
     /// `WAIT`. The running server, if any, is left alone.
     pub fn run_to_exit(&self, args: &[String]) -> Exited {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_hookd"));
-        child.args(args);
-        for var in HOOKD_ENV {
-            child.env_remove(var);
-        }
-        let mut child = child
-            .env("HOOKD_ADMIN_TOKEN", &self.admin)
-            .env("RUST_LOG", "warn")
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn hookd");
-        let status = wait_until_or(WAIT, || child.try_wait().ok().flatten());
-        if status.is_none() {
-            let _ = child.kill();
-            let out = child.wait_with_output().expect("hookd output");
-            panic!(
-                "hookd {args:?} was expected to exit but still ran after {WAIT:?}\n\
-                 stdout: {}\nstderr: {}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        let out = child.wait_with_output().expect("hookd output");
-        Exited {
-            status: out.status,
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        let mut cmd = self.command();
+        run_to_exit_within(cmd.args(args), args, WAIT)
     }
 
     /// SIGKILLs the process and reaps it.
@@ -409,78 +646,16 @@ impl Hookd {
         String::from_utf8_lossy(&self.stderr.lock().unwrap()).into_owned()
     }
 
-    fn spawn(&mut self) {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_hookd"));
-        cmd.args(&self.args);
-        for var in HOOKD_ENV {
-            cmd.env_remove(var);
-        }
-        cmd.env("HOOKD_ADMIN_TOKEN", &self.admin)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        for (k, v) in &self.env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("spawn hookd");
-        let stdout = child.stdout.take().expect("child stdout");
-        let mut stderr = child.stderr.take().expect("child stderr");
-        let (tx, rx) = mpsc::channel::<String>();
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                // Once nobody listens, keep draining so the child never blocks on a pipe.
-                let _ = tx.send(line);
-            }
-        });
-        let sink = Arc::clone(&self.stderr);
-        thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            loop {
-                match stderr.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => sink.lock().unwrap().extend_from_slice(&buf[..n]),
-                }
-            }
-        });
-        self.child = Some(child);
+    /// The binary with the server's environment.
+    fn command(&self) -> Command {
+        let mut cmd = server_command(HOOKD_BIN, &self.admin, "warn");
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
+        cmd
+    }
 
-        let deadline = Instant::now() + WAIT;
-        let mut seen = Vec::new();
-        let port = loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(line) => {
-                    if let Some(rest) = line.trim().strip_prefix("listening on http://") {
-                        let port = rest
-                            .rsplit(':')
-                            .next()
-                            .and_then(|p| p.trim_end_matches('/').parse::<u16>().ok())
-                            .unwrap_or_else(|| panic!("cannot read a port from {line:?}"));
-                        break port;
-                    }
-                    seen.push(line);
-                }
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    self.kill();
-                    panic!(
-                        "hookd printed no `listening on http://…` line within {WAIT:?}\n\
-                         stdout: {seen:?}\nstderr:\n{}",
-                        self.stderr()
-                    );
-                }
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    let status = self.child.as_mut().and_then(|c| c.wait().ok());
-                    // Let the stderr thread catch up with the last words.
-                    thread::sleep(Duration::from_millis(100));
-                    panic!(
-                        "hookd exited ({status:?}) before listening\nstdout: {seen:?}\nstderr:\n{}",
-                        self.stderr()
-                    );
-                }
-            }
-        };
+    fn spawn(&mut self) {
+        let (child, port) = spawn_serve(self.command().args(&self.args), &self.stderr);
+        self.child = Some(child);
         self.port = port;
     }
 
@@ -499,57 +674,14 @@ impl Hookd {
         headers: &[(&str, &str)],
         body: Option<&Value>,
     ) -> Resp {
-        let url = self.url(path);
-        let auth = token.map(|t| format!("Bearer {t}"));
-        macro_rules! with_headers {
-            ($b:expr) => {{
-                let mut b = $b;
-                if let Some(a) = &auth {
-                    b = b.header("Authorization", a.as_str());
-                }
-                for (k, v) in headers {
-                    b = b.header(*k, *v);
-                }
-                b
-            }};
-        }
-        let result = match (method, body) {
-            ("GET", None) => with_headers!(self.agent.get(&url)).call(),
-            ("DELETE", None) => with_headers!(self.agent.delete(&url)).call(),
-            ("POST", None) => with_headers!(self.agent.post(&url)).send_empty(),
-            ("PATCH", None) => with_headers!(self.agent.patch(&url)).send_empty(),
-            ("PUT", None) => with_headers!(self.agent.put(&url)).send_empty(),
-            (m @ ("POST" | "PATCH" | "PUT"), Some(v)) => {
-                let bytes = serde_json::to_vec(v).unwrap();
-                let b = match m {
-                    "POST" => self.agent.post(&url),
-                    "PATCH" => self.agent.patch(&url),
-                    _ => self.agent.put(&url),
-                };
-                with_headers!(b.content_type("application/json")).send(bytes)
-            }
-            (m, b) => panic!("unsupported request in harness: {m} with body {b:?}"),
-        };
-        let mut resp = result.unwrap_or_else(|e| {
-            panic!(
-                "{method} {path}: transport error {e}\nhookd stderr:\n{}",
-                self.stderr()
-            )
-        });
-        let status = resp.status().as_u16();
-        let headers = resp
-            .headers()
-            .iter()
-            .map(|(k, v)| {
-                (
-                    k.as_str().to_ascii_lowercase(),
-                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+        let mut resp = send(&self.agent, &self.url(path), method, token, headers, body)
+            .unwrap_or_else(|e| {
+                panic!(
+                    "{method} {path}: transport error {e}\nhookd stderr:\n{}",
+                    self.stderr()
                 )
-            })
-            .collect();
-        let raw = resp
-            .body_mut()
-            .read_to_vec()
+            });
+        let (status, headers, raw) = read_answer(&mut resp)
             .unwrap_or_else(|e| panic!("{method} {path}: reading the body: {e}"));
         Resp::new(format!("{method} {path}"), status, headers, raw)
     }
@@ -696,16 +828,7 @@ impl Drop for Hookd {
     fn drop(&mut self) {
         self.kill();
         if thread::panicking() {
-            let err = self.stderr();
-            let tail: String = err
-                .chars()
-                .rev()
-                .take(4000)
-                .collect::<Vec<_>>()
-                .into_iter()
-                .rev()
-                .collect();
-            eprintln!("--- hookd stderr (tail) ---\n{tail}\n---");
+            print_tail("hookd stderr", &self.stderr(), 4000);
         }
     }
 }
@@ -740,27 +863,17 @@ pub struct Resp {
 
 impl Resp {
     fn new(what: String, status: u16, headers: Vec<(String, String)>, raw: Vec<u8>) -> Resp {
-        let body = if raw.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&raw)
-                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&raw).into_owned()))
-        };
         Resp {
             what,
             status,
             headers,
-            body,
+            body: parse_body(&raw),
             raw,
         }
     }
 
     pub fn header(&self, name: &str) -> Option<&str> {
-        let name = name.to_ascii_lowercase();
-        self.headers
-            .iter()
-            .find(|(k, _)| *k == name)
-            .map(|(_, v)| v.as_str())
+        header_in(&self.headers, name)
     }
 
     /// Asserts the status and returns the JSON body.
@@ -1024,11 +1137,7 @@ pub struct Recorded {
 
 impl Recorded {
     pub fn header(&self, name: &str) -> Option<&str> {
-        let name = name.to_ascii_lowercase();
-        self.headers
-            .iter()
-            .find(|(k, _)| *k == name)
-            .map(|(_, v)| v.as_str())
+        header_in(&self.headers, name)
     }
     /// The header, or a test failure naming it.
     #[track_caller]

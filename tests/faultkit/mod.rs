@@ -4,68 +4,36 @@
 //! that accepts connections and never answers; and read-only peeks into the database
 //! file for what the API cannot show (rows that must be gone, file sizes).
 //!
-//! It sits beside `common` (the suite's harness) and uses its `Sink`, `TempDir` and
-//! waits; it must not change how `common` starts servers. Signals go through the
-//! `kill` command, so no libc binding is needed.
+//! It sits beside `common` (the suite's harness) and uses its `Sink`, `TempDir`, waits
+//! and its process and HTTP plumbing (`spawn_serve`, `run_to_exit_within`, `send`); what
+//! is its own is how it starts servers (its flags, `ulimit -n` through `sh`, `RUST_LOG`
+//! at info) and the pid it keeps for signals. Signals go through the `kill` command, so
+//! no libc binding is needed.
 //!
 //! Every wait is a poll with a deadline that fails with what was awaited and seen.
 
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::common::{random_hex, wait_until_or, WAIT};
+pub use crate::common::agent;
+use crate::common::{
+    header_in, parse_body, print_tail, random_hex, read_answer, run_to_exit_within, send,
+    server_command, spawn_serve, wait_until_or, HOOKD_BIN, WAIT,
+};
 
-/// Variables that would change the server's configuration behind the test's back.
-const HOOKD_ENV: &[&str] = &[
-    "HOOKD_DB",
-    "HOOKD_LISTEN",
-    "HOOKD_DISPATCHERS",
-    "HOOKD_HANDLERS",
-    "HOOKD_ALLOW_PRIVATE_TARGETS",
-    "HOOKD_RETRY_SCHEDULE",
-    "HOOKD_DELIVERY_TIMEOUT",
-    "HOOKD_DISABLE_AFTER",
-    "HOOKD_TRUST_TARGET_HOSTS",
-    "HOOKD_ADMIN_TOKEN",
-    "HOOKD_MAX_BODY",
-    "HOOKD_ALLOW_TARGET_NETS",
-    "HOOKD_RESOLVE",
-    "HOOKD_SECRETS_KEY_FILE",
-    "HOOKD_RATE_LIMIT",
-    "HOOKD_MAX_HOOKS_PER_TENANT",
-    "HOOKD_READ_TIMEOUT",
-    "HOOKD_SHUTDOWN_TIMEOUT",
-    "HOOKD_RETENTION",
-    "HTTP_PROXY",
-    "HTTPS_PROXY",
-    "ALL_PROXY",
-    "http_proxy",
-    "https_proxy",
-    "all_proxy",
-];
-
-pub fn hookd_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_hookd")
-}
-
-/// A `Command` for the hookd binary with a clean `HOOKD_*` environment.
+/// A `Command` for the hookd binary with a clean `HOOKD_*` environment, logging at info.
 pub fn hookd_command(admin: &str) -> Command {
-    let mut cmd = Command::new(hookd_bin());
-    for var in HOOKD_ENV {
-        cmd.env_remove(var);
-    }
-    cmd.env("HOOKD_ADMIN_TOKEN", admin).env("RUST_LOG", "info");
-    cmd
+    server_command(HOOKD_BIN, admin, "info")
 }
 
 /// A process that ran to its end.
@@ -80,31 +48,13 @@ pub struct Exited {
 /// Runs hookd with `args` and waits (at most `timeout`) for it to exit by itself.
 pub fn run_to_exit(args: &[&str], timeout: Duration) -> Exited {
     let started = Instant::now();
-    let mut child = hookd_command(&format!("admin-{}", random_hex(8)))
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn hookd");
-    let status = wait_until_or(timeout, || child.try_wait().ok().flatten());
-    let took = started.elapsed();
-    if status.is_none() {
-        let _ = child.kill();
-        let out = child.wait_with_output().expect("hookd output");
-        panic!(
-            "hookd {args:?} was expected to exit but still ran after {timeout:?}\n\
-             stdout: {}\nstderr: {}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let out = child.wait_with_output().expect("hookd output");
+    let mut cmd = hookd_command(&format!("admin-{}", random_hex(8)));
+    let out = run_to_exit_within(cmd.args(args), args, timeout);
     Exited {
         status: out.status,
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        took,
+        stdout: out.stdout,
+        stderr: out.stderr,
+        took: started.elapsed(),
     }
 }
 
@@ -168,16 +118,6 @@ impl Setup {
     }
 }
 
-pub fn agent(timeout: Duration) -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .proxy(None)
-        .max_redirects(0)
-        .timeout_global(Some(timeout))
-        .build()
-        .into()
-}
-
 /// A running `hookd serve`, killed (SIGKILL) on drop.
 pub struct Server {
     child: Option<Child>,
@@ -200,10 +140,7 @@ pub struct Answer {
 
 impl Answer {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        header_in(&self.headers, name)
     }
 }
 
@@ -223,59 +160,26 @@ pub fn call(
     body: Option<&Value>,
 ) -> Result<Answer, String> {
     let url = format!("http://127.0.0.1:{port}{path}");
-    let auth = token.map(|t| format!("Bearer {t}"));
-    let result = match (method, body) {
-        ("GET", None) => {
-            let mut b = agent.get(&url);
-            if let Some(a) = &auth {
-                b = b.header("Authorization", a.as_str());
-            }
-            b.call()
-        }
-        ("DELETE", None) => {
-            let mut b = agent.delete(&url);
-            if let Some(a) = &auth {
-                b = b.header("Authorization", a.as_str());
-            }
-            b.call()
-        }
-        ("POST", Some(v)) => {
-            let mut b = agent.post(&url);
-            if let Some(a) = &auth {
-                b = b.header("Authorization", a.as_str());
-            }
-            b.content_type("application/json")
-                .send(serde_json::to_vec(v).unwrap())
-        }
-        (m, b) => panic!("unsupported request in the fault harness: {m} with {b:?}"),
-    };
-    let mut resp = result.map_err(|e| format!("{method} {path}: {e}"))?;
-    let status = resp.status().as_u16();
-    let headers = resp
-        .headers()
-        .iter()
-        .map(|(k, v)| {
-            (
-                k.as_str().to_ascii_lowercase(),
-                String::from_utf8_lossy(v.as_bytes()).into_owned(),
-            )
-        })
-        .collect();
-    let raw = resp
-        .body_mut()
-        .read_to_vec()
-        .map_err(|e| format!("{method} {path}: reading the body: {e}"))?;
-    let body = if raw.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_slice(&raw)
-            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&raw).into_owned()))
-    };
+    let mut resp =
+        send(agent, &url, method, token, &[], body).map_err(|e| format!("{method} {path}: {e}"))?;
+    let (status, headers, raw) =
+        read_answer(&mut resp).map_err(|e| format!("{method} {path}: reading the body: {e}"))?;
     Ok(Answer {
         status,
         headers,
-        body,
+        body: parse_body(&raw),
     })
+}
+
+/// `POST /v1/events` with `body` as `admin`, for threads that publish without the
+/// `Server` at hand; `Err` is a transport error.
+pub fn publish_with(
+    agent: &ureq::Agent,
+    port: u16,
+    admin: &str,
+    body: &Value,
+) -> Result<Answer, String> {
+    call(agent, port, Some(admin), "POST", "/v1/events", Some(body))
 }
 
 impl Server {
@@ -370,78 +274,18 @@ impl Server {
     fn spawn(&mut self) {
         let argv = self.setup.argv();
         let mut cmd = match self.setup.nofile {
-            None => {
-                let mut cmd = hookd_command(&self.setup.admin);
-                cmd.args(&argv);
-                cmd
-            }
+            None => hookd_command(&self.setup.admin),
             Some(n) => {
-                let mut cmd = Command::new("sh");
-                for var in HOOKD_ENV {
-                    cmd.env_remove(var);
-                }
-                cmd.env("HOOKD_ADMIN_TOKEN", &self.setup.admin)
-                    .env("RUST_LOG", "info")
-                    .arg("-c")
+                let mut cmd = server_command("sh", &self.setup.admin, "info");
+                cmd.arg("-c")
                     .arg(r#"ulimit -n "$0" && exec "$@""#)
                     .arg(n.to_string())
-                    .arg(hookd_bin())
-                    .args(&argv);
+                    .arg(HOOKD_BIN);
                 cmd
             }
         };
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("spawn hookd");
-        let stdout = child.stdout.take().expect("child stdout");
-        let mut stderr = child.stderr.take().expect("child stderr");
-        let (tx, rx) = mpsc::channel::<String>();
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                let _ = tx.send(line);
-            }
-        });
-        let sink = Arc::clone(&self.stderr);
-        thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            loop {
-                match stderr.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => sink.lock().unwrap().extend_from_slice(&buf[..n]),
-                }
-            }
-        });
+        let (child, port) = spawn_serve(cmd.args(&argv), &self.stderr);
         self.child = Some(child);
-        let deadline = Instant::now() + WAIT;
-        let port = loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(line) => {
-                    if let Some(rest) = line.trim().strip_prefix("listening on http://") {
-                        break rest
-                            .rsplit(':')
-                            .next()
-                            .and_then(|p| p.trim_end_matches('/').parse::<u16>().ok())
-                            .unwrap_or_else(|| panic!("no port in {line:?}"));
-                    }
-                }
-                Err(e) => {
-                    let status = self
-                        .child
-                        .as_mut()
-                        .and_then(|c| c.try_wait().ok().flatten());
-                    self.kill9();
-                    thread::sleep(Duration::from_millis(100));
-                    panic!(
-                        "hookd did not print its listening line ({e:?}; exit status {status:?})\n\
-                         log:\n{}",
-                        self.stderr()
-                    );
-                }
-            }
-        };
         self.port = port;
     }
 
@@ -534,16 +378,7 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.kill9();
         if thread::panicking() {
-            let log = self.stderr();
-            let tail: String = log
-                .chars()
-                .rev()
-                .take(6000)
-                .collect::<Vec<_>>()
-                .into_iter()
-                .rev()
-                .collect();
-            eprintln!("--- hookd log (tail) ---\n{tail}\n---");
+            print_tail("hookd log", &self.stderr(), 6000);
         }
     }
 }
