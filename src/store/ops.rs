@@ -763,43 +763,45 @@ fn replay(
     Ok(batches as u64)
 }
 
-/// Retention, one small batch at a time so the writer is never held for long. Returns
-/// the largest count removed of one kind (delivery batches, events, idempotency keys);
-/// the caller repeats while that is `limit`.
+/// Retention, one bounded batch at a time so the writer is never held for long:
+/// finished deliveries made before `cutoff`, the attempts of deliveries that are gone,
+/// events before it that no delivery needs, and expired idempotency keys. Ids are
+/// time-ordered, so "made before" is a primary-key range. Returns the largest count
+/// removed of one kind; the caller repeats while that is `limit`.
 fn prune(conn: &Connection, cutoff: Millis, limit: u32) -> Result<u64, StoreError> {
-    let batches: Vec<String> = conn
-        .prepare_cached(
-            "SELECT DISTINCT coalesce(batch_id, id) FROM deliveries
-             WHERE id < ?1 AND status IN ('delivered', 'dead', 'cancelled') LIMIT ?2",
-        )
-        .and_then(|mut s| {
-            s.query_map(params![crate::ids::id_at("dlv", cutoff), limit], |r| {
-                r.get(0)
-            })?
-            .collect()
-        })
-        .ctx("finding finished deliveries")?;
-    for batch in &batches {
-        for sql in [
-            "DELETE FROM attempts WHERE delivery_id = ?1",
-            "DELETE FROM deliveries WHERE batch_id = ?1
-               AND status IN ('delivered', 'dead', 'cancelled')",
-            "DELETE FROM deliveries WHERE id = ?1 AND status IN ('delivered', 'dead', 'cancelled')",
-        ] {
-            conn.prepare_cached(sql)
-                .and_then(|mut s| s.execute([batch]))
-                .ctx("pruning a delivery")?;
-        }
-    }
-    let events = conn
-        .prepare_cached(
-            "DELETE FROM events WHERE id IN (
-                 SELECT e.id FROM events e
-                 WHERE e.id < ?1 AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id)
-                 LIMIT ?2)",
-        )
-        .and_then(|mut s| s.execute(params![crate::ids::id_at("evt", cutoff), limit]))
-        .ctx("pruning events")?;
+    let dlv_bound = crate::ids::id_at("dlv", cutoff);
+    let run = |what: &str, sql: &str, bound: &str| {
+        conn.prepare_cached(sql)
+            .and_then(|mut s| s.execute(params![bound, limit]))
+            .ctx(what)
+    };
+    // The rows of one batch share their status, so a batch goes as a whole (a LIMIT
+    // that splits one takes the rest on the next round).
+    let deliveries = run(
+        "pruning deliveries",
+        "DELETE FROM deliveries WHERE id IN (
+             SELECT id FROM deliveries
+             WHERE id < ?1 AND status IN ('delivered', 'dead', 'cancelled') LIMIT ?2)",
+        &dlv_bound,
+    )?;
+    // Attempts are keyed by the batch's first row: they go when it has gone.
+    let attempts = run(
+        "pruning attempts",
+        "DELETE FROM attempts WHERE id IN (
+             SELECT a.id FROM attempts a
+             WHERE a.delivery_id < ?1
+               AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.id = a.delivery_id)
+             LIMIT ?2)",
+        &dlv_bound,
+    )?;
+    let events = run(
+        "pruning events",
+        "DELETE FROM events WHERE id IN (
+             SELECT e.id FROM events e
+             WHERE e.id < ?1 AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id)
+             LIMIT ?2)",
+        &crate::ids::id_at("evt", cutoff),
+    )?;
     let keys = conn
         .prepare_cached(
             "DELETE FROM idempotency WHERE key IN (
@@ -807,9 +809,7 @@ fn prune(conn: &Connection, cutoff: Millis, limit: u32) -> Result<u64, StoreErro
         )
         .and_then(|mut s| s.execute(params![now_ms() - IDEMPOTENCY_TTL_MS, limit]))
         .ctx("pruning idempotency keys")?;
-    // Whichever kind filled its batch says there is more: batched hooks leave many
-    // events per delivery, and events that matched no hook have no delivery at all.
-    Ok(batches.len().max(events).max(keys) as u64)
+    Ok(deliveries.max(attempts).max(events).max(keys) as u64)
 }
 
 /// `(id, tenant, patterns)` of every live hook, to build the fan-out index.

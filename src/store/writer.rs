@@ -270,24 +270,27 @@ fn commit_group(
     let mut results = Vec::with_capacity(group.len());
     let mut effects = Effects::default();
     let outcome = (|| -> Result<(), StoreError> {
-        let mut tx = conn
+        let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .ctx("starting a write transaction")?;
+        // Each op in its own savepoint: one failing op (a conflict, a constraint) is
+        // rolled back alone and the others still commit. Cached statements rather than
+        // rusqlite's `Savepoint`, which parses its SQL anew every time (a fifth of the
+        // writer's CPU as profiled).
+        let run = |sql: &str| tx.prepare_cached(sql).and_then(|mut s| s.execute([]));
         for Request { op, reply } in group.drain(..) {
             replies.push(reply);
-            // Each op in its own savepoint: one failing op (a conflict, a constraint)
-            // is rolled back alone and the others still commit.
-            let mut sp = tx.savepoint().ctx("opening a savepoint")?;
+            run("SAVEPOINT op").ctx("opening a savepoint")?;
             let mut op_effects = Effects::default();
-            let result = ops::apply(&sp, index, secrets, op, &mut op_effects);
+            let result = ops::apply(&tx, index, secrets, op, &mut op_effects);
             if result.is_ok() {
-                sp.commit().ctx("releasing a savepoint")?;
                 effects.index.append(&mut op_effects.index);
                 effects.new_work.append(&mut op_effects.new_work);
                 effects.reset.append(&mut op_effects.reset);
             } else {
-                sp.rollback().ctx("rolling back a savepoint")?;
+                run("ROLLBACK TO op").ctx("rolling back a savepoint")?;
             }
+            run("RELEASE op").ctx("releasing a savepoint")?;
             results.push(result);
         }
         tx.commit().ctx("committing")

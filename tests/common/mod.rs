@@ -1232,6 +1232,9 @@ pub enum Handshake {
 
 struct SinkState {
     requests: Vec<Recorded>,
+    /// Events carried by deliveries answered 2xx so far (kept as they arrive, so that
+    /// a load generator can pace itself without re-reading every body).
+    delivered: usize,
     handshakes: Vec<Recorded>,
     script: VecDeque<Reply>,
     default: Reply,
@@ -1250,12 +1253,19 @@ pub struct Sink {
 }
 
 impl Sink {
+    /// A counter of delivered events (2xx-answered) that another thread can call.
+    pub fn delivered_counter(&self) -> impl Fn() -> usize + Send + 'static {
+        let state = Arc::clone(&self.state);
+        move || state.lock().unwrap().delivered
+    }
+
     pub fn start() -> Sink {
         let server = tiny_http::Server::http("127.0.0.1:0").expect("bind sink");
         let port = server.server_addr().to_ip().expect("sink is on TCP").port();
         let server = Arc::new(server);
         let state = Arc::new(Mutex::new(SinkState {
             requests: Vec::new(),
+            delivered: 0,
             handshakes: Vec::new(),
             script: VecDeque::new(),
             default: Reply::ok(),
@@ -1461,6 +1471,9 @@ fn sink_worker(server: &tiny_http::Server, state: &Mutex<SinkState>, stop: &Atom
             let mut st = state.lock().unwrap();
             let reply = st.script.pop_front().unwrap_or_else(|| st.default.clone());
             rec.answered = reply.status;
+            if rec.ok() {
+                st.delivered += rec.events().len();
+            }
             st.requests.push(rec);
             reply
         };
