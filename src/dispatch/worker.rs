@@ -121,7 +121,7 @@ fn deliver(
     let mut uncommitted = None;
     let mut sent = 0;
     let mut next = loop {
-        let rows = reader.open_rows(hook_id, after, hook.batch_max)?;
+        let rows = reader.open_rows(hook_id, after, hook.batch_max.max(2))?;
         let Some(head) = rows.first() else {
             break None;
         };
@@ -132,7 +132,7 @@ fn deliver(
         if sent >= JOB_MAX_REQUESTS || started.elapsed() >= JOB_BUDGET {
             break Some(now_ms());
         }
-        let (batch_id, batch) = claim(shared, reader, &rows)?;
+        let (batch_id, batch) = claim(shared, reader, &rows, hook.batch_max)?;
         let Some(last) = batch.last() else {
             // Changed under us (cancelled, delivered by a retry): look again.
             break Some(now_ms());
@@ -141,11 +141,14 @@ fn deliver(
         let (record, verdict) = attempt(shared, reader, &hook, batch_id, &batch)?;
         sent += 1;
         healthy = !verdict.is_failure();
+        let delivered = verdict == retry::Verdict::Delivered;
         let op = WriteOp::RecordAttempt {
             record,
             disable_after: shared.disable_after,
+            // A success is not waited for, and what follows it is read here anyway.
+            want_next: !delivered,
         };
-        if verdict == retry::Verdict::Delivered {
+        if delivered {
             uncommitted = Some(shared.store.submit(op)?);
             after = last_seq;
             continue;
@@ -161,7 +164,6 @@ fn deliver(
     // next job would read those rows as still open and send them twice.
     if let Some(result) = uncommitted {
         match result.recv().unwrap_or(Err(StoreError::Busy)) {
-            Ok(WriteOutput::Next(after_commit)) if next.is_none() => next = after_commit,
             Ok(_) => {}
             Err(e) => {
                 log::warn!(
@@ -236,26 +238,49 @@ fn attempt(
     Ok((record, verdict))
 }
 
-/// The rows that go out together, and their batch id. A head that was sent before
-/// keeps its batch; otherwise the never-sent rows at the head are claimed as one.
+/// The rows that go out together, and their batch id. `rows` are the hook's first open
+/// rows, at least two of them when there are. A head that was sent before keeps its
+/// batch (more than itself only if the next open row shares it: a batch is consecutive);
+/// otherwise up to `batch_max` never-sent rows at the head are claimed as one.
 fn claim(
     shared: &Shared,
     reader: &Reader,
     rows: &[OutboxRow],
+    batch_max: u32,
 ) -> Result<(String, Vec<OutboxRow>), StoreError> {
     let head = &rows[0];
     if let Some(batch_id) = &head.batch_id {
-        return Ok((batch_id.clone(), reader.batch_rows(batch_id)?));
+        let alone = rows
+            .get(1)
+            .is_none_or(|next| next.batch_id.as_ref() != Some(batch_id));
+        let batch = if alone {
+            vec![head.clone()]
+        } else {
+            reader.batch_rows(batch_id)?
+        };
+        return Ok((batch_id.clone(), batch));
     }
-    let fresh: Vec<String> = rows
+    let fresh: Vec<OutboxRow> = rows
         .iter()
         .take_while(|r| r.batch_id.is_none())
-        .map(|r| r.id.clone())
+        .take(batch_max as usize)
+        .cloned()
         .collect();
-    shared.store.internal(WriteOp::ClaimBatch {
+    let claimed = shared.store.internal(WriteOp::ClaimBatch {
         batch_id: head.id.clone(),
-        ids: fresh,
+        ids: fresh.iter().map(|r| r.id.clone()).collect(),
     })?;
+    if matches!(claimed, WriteOutput::Count(n) if n == fresh.len() as u64) {
+        let batch = fresh
+            .into_iter()
+            .map(|r| OutboxRow {
+                batch_id: Some(head.id.clone()),
+                ..r
+            })
+            .collect();
+        return Ok((head.id.clone(), batch));
+    }
+    // Some rows changed under us (cancelled, retried): take what the batch really holds.
     Ok((head.id.clone(), reader.batch_rows(&head.id)?))
 }
 

@@ -70,7 +70,17 @@ pub(super) fn apply(
         WriteOp::RecordAttempt {
             record,
             disable_after,
-        } => record_attempt(conn, secrets, record, disable_after, fx).map(WriteOutput::Next),
+            want_next,
+        } => {
+            let hook_id = record.hook_id.clone();
+            record_attempt(conn, secrets, record, disable_after, fx)?;
+            let next = if want_next {
+                next_due(conn, &hook_id)?
+            } else {
+                None
+            };
+            Ok(WriteOutput::Next(next))
+        }
         WriteOp::Prune { cutoff, limit } => prune(conn, cutoff, limit).map(WriteOutput::Count),
         WriteOp::Checkpoint => {
             // Inside the group's transaction a checkpoint cannot run; the writer runs it
@@ -587,7 +597,7 @@ fn record_attempt(
     record: AttemptRecord,
     disable_after: u32,
     fx: &mut Effects,
-) -> Result<Option<Millis>, StoreError> {
+) -> Result<(), StoreError> {
     let now = now_ms();
     let a = &record.attempt;
     conn.prepare_cached(
@@ -626,7 +636,7 @@ fn record_attempt(
             Ok(()) | Err(StoreError::NotFound) => {}
             Err(e) => return Err(e),
         }
-        return Ok(None);
+        return Ok(());
     }
     if record.verdict.is_failure() {
         let disabled: Option<i64> = conn
@@ -655,7 +665,7 @@ fn record_attempt(
         .and_then(|mut s| s.execute([&record.hook_id]))
         .ctx("resetting failures")?;
     }
-    next_due(conn, &record.hook_id)
+    Ok(())
 }
 
 /// When the hook's oldest open delivery is due, if the hook may send at all.

@@ -78,9 +78,12 @@ pub enum WriteOp {
         batch_id: String,
         ids: Vec<String>,
     },
+    /// `want_next`: answer when the hook's next delivery is due (a query the
+    /// dispatcher skips for successes it does not wait for).
     RecordAttempt {
         record: AttemptRecord,
         disable_after: u32,
+        want_next: bool,
     },
     /// Deletes up to `limit` finished deliveries (with their attempts) made before
     /// `cutoff`, events before it that no delivery needs, and expired idempotency keys.
