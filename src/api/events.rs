@@ -29,7 +29,12 @@ fn event_json(e: &Event) -> Value {
 }
 
 fn parse_event(value: Value, path: &str) -> Result<NewEvent, ApiError> {
-    let hash = Sha256::digest(value.to_string().as_bytes()).to_vec();
+    // Only an event that carries its own idempotency key needs the hash of itself (to
+    // tell a repeat from a different event under the same key).
+    let hash = value
+        .get("idempotency_key")
+        .is_some_and(|k| !k.is_null())
+        .then(|| Sha256::digest(value.to_string().as_bytes()).to_vec());
     let mut f = Fields::new(value, path)?;
     let event_type = f.required_string("type")?;
     validate_type(&event_type).map_err(|e| ApiError::field(&f.name("type"), e))?;
@@ -53,7 +58,7 @@ fn parse_event(value: Value, path: &str) -> Result<NewEvent, ApiError> {
         event_type,
         resource_id,
         data,
-        idempotency: idempotency_key.map(|k| (k, hash)),
+        idempotency: idempotency_key.zip(hash),
     })
 }
 
