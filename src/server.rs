@@ -126,7 +126,6 @@ pub fn run(config: Config) -> Result<(), Error> {
         disable_after: config.disable_after,
         stopping: stopping.clone(),
         metrics: metrics.clone(),
-        unconfirmed: Default::default(),
     };
     let (finished_tx, finished_rx) = unbounded::<()>();
     let slow_lane = dispatch::slow_lane_size(config.dispatchers);

@@ -2,10 +2,9 @@
 //! through the writer, and tells the scheduler when the hook is next due. A failed
 //! delivery is an outcome to record, never an error that unwinds the thread.
 
-use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
@@ -33,15 +32,6 @@ pub struct Shared {
     /// Set at shutdown: take no new job.
     pub stopping: Arc<AtomicBool>,
     pub metrics: Arc<Metrics>,
-    /// Per hook, the successes a finished job recorded but did not wait for.
-    pub unconfirmed: Arc<Mutex<HashMap<String, Unconfirmed>>>,
-}
-
-/// Successes sent to the writer and not known to be committed yet: up to sequence
-/// `after`, answered on `result` (the last of them; the writer commits in order).
-pub struct Unconfirmed {
-    after: i64,
-    result: Receiver<Result<WriteOutput, StoreError>>,
 }
 
 /// Where a dispatcher takes its jobs from.
@@ -109,10 +99,8 @@ const JOB_BUDGET: Duration = Duration::from_millis(50);
 const JOB_MAX_REQUESTS: usize = 100;
 
 /// Sends the hook's due batches in order, one request at a time. A success is recorded
-/// without waiting for its commit, so the next request overlaps the fsync, and the
-/// hook's next job starts after it (see [`Unconfirmed`]); anything else is recorded and
-/// waited for, because it decides when the hook goes next. If a success is lost (the
-/// commit failed), its rows are still open and are sent again: at least once.
+/// without waiting for its commit, so the next request overlaps the fsync; anything
+/// else is recorded and waited for, because it decides when the hook goes next.
 /// Returns when the hook is next due, and whether it looks healthy.
 fn deliver(
     shared: &Shared,
@@ -127,32 +115,12 @@ fn deliver(
     }
     let started = Instant::now();
     let mut healthy = hook.consecutive_failures == 0;
-    // Rows up to this sequence were sent (by this job or the last one); their outcomes
-    // may not be committed yet, so the queue is read after them. Jobs do not wait for
-    // their successes to commit: the next job of the hook starts after them instead.
+    // Rows up to this sequence were sent by this job; their outcomes may not be
+    // committed yet, so the queue is read after them.
     let mut after = 0;
-    let mut carried = None;
-    let earlier = lock(&shared.unconfirmed).remove(hook_id);
-    if let Some(earlier) = earlier {
-        match earlier.result.try_recv() {
-            Ok(Ok(_)) => {}
-            Err(crossbeam_channel::TryRecvError::Empty) => {
-                after = earlier.after;
-                carried = Some(earlier);
-            }
-            Ok(Err(e)) => {
-                log::warn!(
-                    "hook {hook_id}: an outcome was not recorded ({e}); it will be sent again"
-                );
-            }
-            Err(crossbeam_channel::TryRecvError::Disconnected) => {
-                log::warn!("hook {hook_id}: an outcome was not recorded; it will be sent again");
-            }
-        }
-    }
     let mut uncommitted = None;
     let mut sent = 0;
-    let next = loop {
+    let mut next = loop {
         let rows = reader.open_rows(hook_id, after, hook.batch_max.max(2))?;
         let Some(head) = rows.first() else {
             break None;
@@ -187,18 +155,23 @@ fn deliver(
         }
         // Sent after every earlier outcome, so waiting for it waits for them too.
         uncommitted = None;
-        carried = None;
         break match shared.store.internal(op)? {
             WriteOutput::Next(next) => next,
             _ => Some(now_ms()),
         };
     };
-    // Whatever this job left unconfirmed is where the hook's next job starts.
-    let last = uncommitted
-        .map(|result| Unconfirmed { after, result })
-        .or(carried);
-    if let Some(last) = last {
-        lock(&shared.unconfirmed).insert(hook_id.to_string(), last);
+    // The hook is handed out again only once what was sent is on disk: otherwise the
+    // next job would read those rows as still open and send them twice.
+    if let Some(result) = uncommitted {
+        match result.recv().unwrap_or(Err(StoreError::Busy)) {
+            Ok(_) => {}
+            Err(e) => {
+                log::warn!(
+                    "hook {hook_id}: an outcome was not recorded ({e}); it will be sent again"
+                );
+                next = Some(now_ms() + STORE_ERROR_BACKOFF_MS);
+            }
+        }
     }
     Ok((next, healthy))
 }
@@ -309,10 +282,6 @@ fn claim(
     }
     // Some rows changed under us (cancelled, retried): take what the batch really holds.
     Ok((head.id.clone(), reader.batch_rows(&head.id)?))
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn jitter() -> f64 {
