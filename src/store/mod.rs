@@ -159,10 +159,6 @@ fn configure(conn: &Connection, read_only: bool) -> Result<(), StoreError> {
     // accepted event survives power loss, not only a crash of hookd.
     conn.pragma_update(None, "synchronous", "FULL")
         .ctx("setting synchronous")?;
-    // Savepoints (one per request in a group commit) copy pages they touch into a
-    // statement journal: keep it in memory, not in a temporary file.
-    conn.pragma_update(None, "temp_store", "MEMORY")
-        .ctx("setting temp_store")?;
     // The WAL file keeps its high-water size after a checkpoint unless told otherwise:
     // truncate it back to this, so the files on disk stay bounded under steady load.
     conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)
