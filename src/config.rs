@@ -146,8 +146,7 @@ impl ServeArgs {
     pub fn into_config(self) -> Result<Config, ConfigError> {
         let retry_schedule = parse_schedule(&self.retry_schedule)
             .map_err(|e| ConfigError(format!("--retry-schedule: {e}")))?;
-        let delivery_timeout = parse_duration(&self.delivery_timeout)
-            .map_err(|e| ConfigError(format!("--delivery-timeout: {e}")))?;
+        let delivery_timeout = flag_duration("--delivery-timeout", &self.delivery_timeout)?;
         if delivery_timeout.is_zero() {
             return Err(ConfigError("--delivery-timeout must be above 0".into()));
         }
@@ -160,20 +159,16 @@ impl ServeArgs {
         if self.max_body < 1024 {
             return Err(ConfigError("--max-body must be at least 1024".into()));
         }
-        let read_timeout = parse_duration(&self.read_timeout)
-            .map_err(|e| ConfigError(format!("--read-timeout: {e}")))?;
+        let read_timeout = flag_duration("--read-timeout", &self.read_timeout)?;
         if read_timeout.is_zero() {
             return Err(ConfigError("--read-timeout must be above 0".into()));
         }
-        let shutdown_timeout = parse_duration(&self.shutdown_timeout)
-            .map_err(|e| ConfigError(format!("--shutdown-timeout: {e}")))?;
-        let retention = parse_duration(&self.retention)
-            .map_err(|e| ConfigError(format!("--retention: {e}")))?;
+        let shutdown_timeout = flag_duration("--shutdown-timeout", &self.shutdown_timeout)?;
+        let retention = flag_duration("--retention", &self.retention)?;
         if retention.is_zero() {
             return Err(ConfigError("--retention must be above 0".into()));
         }
-        let enqueue_timeout = parse_duration(&self.enqueue_timeout)
-            .map_err(|e| ConfigError(format!("--enqueue-timeout: {e}")))?;
+        let enqueue_timeout = flag_duration("--enqueue-timeout", &self.enqueue_timeout)?;
         if self.writer_queue == 0 {
             return Err(ConfigError("--writer-queue must be at least 1".into()));
         }
@@ -239,6 +234,11 @@ impl ServeArgs {
             enqueue_timeout,
         })
     }
+}
+
+/// A duration flag, with the flag named in the error.
+fn flag_duration(flag: &str, value: &str) -> Result<Duration, ConfigError> {
+    parse_duration(value).map_err(|e| ConfigError(format!("{flag}: {e}")))
 }
 
 /// `"5s,30s,2m"` → delays. An empty string means no retries.

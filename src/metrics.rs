@@ -147,16 +147,12 @@ impl Metrics {
             let _ = writeln!(out, "# HELP {name} {help}");
             let _ = writeln!(out, "# TYPE {name} {kind}");
         };
-        head(
+        single(
             &mut out,
             "hookd_events_published_total",
             "counter",
             "Events accepted by publish.",
-        );
-        let _ = writeln!(
-            out,
-            "hookd_events_published_total {}",
-            self.events_published.load(Ordering::Relaxed)
+            self.events_published.load(Ordering::Relaxed),
         );
         head(
             &mut out,
@@ -188,27 +184,23 @@ impl Metrics {
         );
         self.publish_to_delivery
             .render(&mut out, "hookd_publish_to_delivery_seconds");
-        head(
+        single(
             &mut out,
             "hookd_outbox_pending",
             "gauge",
             "Deliveries not yet delivered, dead or cancelled.",
+            gauges.outbox_pending,
         );
-        let _ = writeln!(out, "hookd_outbox_pending {}", gauges.outbox_pending);
         head(&mut out, "hookd_hooks", "gauge", "Live hooks by status.");
         for (status, n) in &gauges.hooks_by_status {
             let _ = writeln!(out, "hookd_hooks{{status=\"{status}\"}} {n}");
         }
-        head(
+        single(
             &mut out,
             "hookd_dispatchers_busy",
             "gauge",
             "Dispatchers working on a delivery now.",
-        );
-        let _ = writeln!(
-            out,
-            "hookd_dispatchers_busy {}",
-            self.dispatchers_busy.load(Ordering::Relaxed)
+            self.dispatchers_busy.load(Ordering::Relaxed),
         );
         head(
             &mut out,
@@ -225,6 +217,13 @@ impl Metrics {
         }
         out
     }
+}
+
+/// One metric with HELP, TYPE and a single unlabelled sample.
+fn single(out: &mut String, name: &str, kind: &str, help: &str, value: u64) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+    let _ = writeln!(out, "{name} {value}");
 }
 
 #[cfg(test)]

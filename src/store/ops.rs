@@ -780,7 +780,7 @@ fn replay(
 /// removed of one kind; the caller repeats while that is `limit`.
 fn prune(conn: &Connection, cutoff: Millis, limit: u32) -> Result<u64, StoreError> {
     let dlv_bound = crate::ids::id_at("dlv", cutoff);
-    let run = |what: &str, sql: &str, bound: &str| {
+    let run = |what: &str, sql: &str, bound: &dyn rusqlite::ToSql| {
         conn.prepare_cached(sql)
             .and_then(|mut s| s.execute(params![bound, limit]))
             .ctx(what)
@@ -812,13 +812,12 @@ fn prune(conn: &Connection, cutoff: Millis, limit: u32) -> Result<u64, StoreErro
              LIMIT ?2)",
         &crate::ids::id_at("evt", cutoff),
     )?;
-    let keys = conn
-        .prepare_cached(
-            "DELETE FROM idempotency WHERE key IN (
-                 SELECT key FROM idempotency WHERE created_at < ?1 LIMIT ?2)",
-        )
-        .and_then(|mut s| s.execute(params![now_ms() - IDEMPOTENCY_TTL_MS, limit]))
-        .ctx("pruning idempotency keys")?;
+    let keys = run(
+        "pruning idempotency keys",
+        "DELETE FROM idempotency WHERE key IN (
+             SELECT key FROM idempotency WHERE created_at < ?1 LIMIT ?2)",
+        &(now_ms() - IDEMPOTENCY_TTL_MS),
+    )?;
     Ok(deliveries.max(attempts).max(events).max(keys) as u64)
 }
 
