@@ -6,7 +6,7 @@
 
 use std::sync::Mutex;
 
-const CROCKFORD: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+pub(crate) const CROCKFORD: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
 
 static LAST: Mutex<(u64, u128)> = Mutex::new((0, 0));
 
@@ -45,6 +45,21 @@ pub fn id_at(prefix: &str, ms: i64) -> String {
     encode(prefix, u128::from(ms.max(0) as u64) << 80)
 }
 
+/// The millisecond an id was made at (its first 48 bits), or `None` when `id` is not
+/// `prefix_` and 26 Crockford characters.
+pub fn time_of(id: &str) -> Option<i64> {
+    let (_, body) = id.split_once('_')?;
+    if body.len() != 26 {
+        return None;
+    }
+    let mut value: u64 = 0;
+    for c in body.bytes().take(10) {
+        let digit = CROCKFORD.iter().position(|x| *x == c)?;
+        value = (value << 5) | digit as u64;
+    }
+    i64::try_from(value).ok()
+}
+
 fn encode(prefix: &str, value: u128) -> String {
     let mut out = String::with_capacity(prefix.len() + 27);
     out.push_str(prefix);
@@ -80,5 +95,15 @@ mod tests {
         assert!(a.starts_with("evt_") && a.len() == 30, "{a}");
         assert!(b > a, "{b} should sort after {a}");
         assert!(id_at("evt", before) <= a && b < id_at("evt", after + 1));
+        let t = time_of(&a).unwrap();
+        assert!(
+            before <= t && t <= after,
+            "{t} is not in {before}..={after}"
+        );
+        assert_eq!(
+            time_of(&id_at("dlv", 1_700_000_000_123)),
+            Some(1_700_000_000_123)
+        );
+        assert_eq!(time_of("evt_short"), None);
     }
 }

@@ -14,6 +14,7 @@ const SCENARIOS: &[&str] = &[
     "latency",
     "fanout",
     "backlog",
+    "outbox",
 ];
 
 #[test]
@@ -44,6 +45,8 @@ fn every_scenario_runs_at_tiny_sizes_and_loses_nothing() {
             "1",
             "--backlog",
             "40",
+            "--outbox-rows",
+            "2000",
             "--dispatchers",
             "4",
         ])
@@ -99,5 +102,35 @@ fn every_scenario_runs_at_tiny_sizes_and_loses_nothing() {
             .as_array()
             .map(Vec::len),
         Some(2)
+    );
+    // The outbox: both phases on the empty database, the fill, both phases again; the
+    // grown database's sequences go on from the filled rows without a gap.
+    let outbox = report["scenarios"]["outbox"]["cases"]
+        .as_array()
+        .expect("outbox cases");
+    let names: Vec<&str> = outbox.iter().filter_map(|c| c["case"].as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "ingest, empty database",
+            "deliver, empty database",
+            "fill, 2,000 delivered rows",
+            "ingest, 2,000 delivered rows",
+            "deliver, 2,000 delivered rows",
+        ],
+        "{report:#}"
+    );
+    for case in outbox {
+        assert_eq!(case["check"]["sequence_gaps"], 0, "{case:#}");
+        assert_eq!(case["check"]["out_of_order"], 0, "{case:#}");
+    }
+    let ratios = outbox
+        .iter()
+        .flat_map(|c| c["figures"].as_array().into_iter().flatten())
+        .filter(|f| f["name"] == "grown / empty")
+        .count();
+    assert_eq!(
+        ratios, 2,
+        "ingest and deliver compared with the empty database"
     );
 }

@@ -421,6 +421,14 @@ fn hooks_are_listed_shown_and_deleted_and_the_database_backed_up() {
         .expect_error(404, "not_found");
     let listed = cli(&hookd, &["hooks", "list"], true).json();
     assert_eq!(ids_in(&listed), vec![a.id.clone()], "{listed}");
+    // The running server sees the deletion at once: its next publish fans out to `a`
+    // only (the server keeps the hooks' patterns in memory and reloads them when
+    // another process changed the file).
+    let published = hookd.publish_json(json!({"type": "cli.a", "resource_id": "2", "data": null}));
+    assert_eq!(
+        published["deliveries"], 1,
+        "after `hooks delete` by the CLI: {published}"
+    );
 
     let stats = cli(&hookd, &["stats"], true).json();
     assert_eq!(stats["hooks"]["active"], 1, "{stats}");

@@ -28,7 +28,7 @@ fn finished_deliveries_and_their_events_are_pruned_after_retention_open_ones_sta
     held_sink.set_default(Reply::status(503).header("Retry-After", "3600"));
     let dir = TempDir::new();
     let db = dir.path.join("hookd.db");
-    let server = Server::on(&db)
+    let mut server = Server::on(&db)
         .set("--retention", "2s")
         .set("--retry-schedule", "100ms")
         .start();
@@ -119,6 +119,18 @@ fn finished_deliveries_and_their_events_are_pruned_after_retention_open_ones_sta
     );
     assert_eq!(db_count(&db, "SELECT count(*) FROM events", &[]), 1);
     assert_eq!(db_count(&db, "SELECT count(*) FROM deliveries", &[]), 1);
+
+    // The pruned hook's numbering carries on, after a restart too: its next event is 2,
+    // not 1 again (the server keeps sequence numbers in memory and recovers them at start).
+    server.restart();
+    server.publish("r.ok", "4");
+    let got = ok_sink.wait_for(2);
+    assert_eq!(
+        got[1].json()["sequence"],
+        2,
+        "after pruning and a restart: {}",
+        got[1].json()
+    );
 }
 
 /// Steady publishing with a 1 s retention: the file (database + WAL) reaches a size

@@ -2,8 +2,10 @@
 //! database in its own directory, listening on a loopback port it picks itself; and
 //! what the kernel says about it (`/proc/<pid>`: peak RSS, CPU time).
 //!
-//! The child is always stopped with SIGKILL: its database is thrown away, and a clean
-//! shutdown would only add a WAL checkpoint nobody waits for.
+//! The child is stopped with SIGKILL when its database is thrown away: a clean shutdown
+//! would only add a WAL checkpoint nobody waits for. A case that goes on with the
+//! database (the `outbox` scenario fills it while no server runs, then starts another
+//! on it) stops it cleanly instead, with SIGTERM ([`Server::shutdown`]).
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
@@ -26,6 +28,8 @@ pub struct Server {
     pub startup: Duration,
     /// The admin token it was started with.
     pub token: String,
+    /// Its directory: the database `b.db`, its key file and its log.
+    dir: PathBuf,
     log: PathBuf,
 }
 
@@ -42,15 +46,19 @@ pub struct ProcStats {
 }
 
 impl Server {
-    /// Starts `hookd serve` on `dir/b.db` with the flags the benchmark needs, then
-    /// `extra` (scenario flags) and `user` (`--serve-arg`s).
+    /// Starts `hookd serve` on `dir/b.db` (created when missing) with the flags the
+    /// benchmark needs, then `extra` (scenario flags) and `user` (`--serve-arg`s). Its
+    /// stderr goes to the end of `dir/hookd.log`.
     pub fn start(dir: &Path, extra: &[String], user: &[String]) -> Result<Server, String> {
         std::fs::create_dir_all(dir)
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         let exe = std::env::current_exe().map_err(|e| format!("cannot find hookd itself: {e}"))?;
         let log = dir.join("hookd.log");
-        let stderr =
-            File::create(&log).map_err(|e| format!("cannot create {}: {e}", log.display()))?;
+        let stderr = File::options()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .map_err(|e| format!("cannot create {}: {e}", log.display()))?;
         let mut token_bytes = [0u8; 16];
         crate::ids::random_bytes(&mut token_bytes);
         let token = format!(
@@ -123,8 +131,19 @@ impl Server {
             addr,
             startup,
             token,
+            dir: dir.to_path_buf(),
             log,
         })
+    }
+
+    /// Its directory (pass it to [`Server::start`] to start again on the same database).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Its database file.
+    pub fn db(&self) -> PathBuf {
+        self.dir.join("b.db")
     }
 
     pub fn pid(&self) -> u32 {
@@ -156,6 +175,45 @@ impl Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
         stats
+    }
+
+    /// Reads its final figures, then stops it as an operator would: SIGTERM, and a clean
+    /// shutdown (work in flight finished, the WAL checkpointed, the lock file released)
+    /// within `limit`. An error when it does not exit 0 in time (it is killed then).
+    pub fn shutdown(mut self, limit: Duration) -> Result<ProcStats, String> {
+        let stats = self.stats();
+        let pid = self.pid().to_string();
+        // std can only send SIGKILL; `kill(1)` is on every machine hookd runs on.
+        let sent = Command::new("kill")
+            .args(["-s", "TERM", &pid])
+            .status()
+            .map_err(|e| format!("cannot run kill: {e}"))?;
+        if !sent.success() {
+            return Err(format!("kill -s TERM {pid} failed: {sent}"));
+        }
+        let deadline = Instant::now() + limit;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) if status.success() => return Ok(stats),
+                Ok(Some(status)) => {
+                    return Err(format!(
+                        "hookd exited with {status} after SIGTERM; its log ends with:\n{}",
+                        self.log_tail()
+                    ))
+                }
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Ok(None) => {
+                    return Err(format!(
+                        "hookd still runs {} s after SIGTERM; its log ends with:\n{}",
+                        limit.as_secs(),
+                        self.log_tail()
+                    ))
+                }
+                Err(e) => return Err(format!("waiting for hookd to exit: {e}")),
+            }
+        }
     }
 }
 

@@ -11,7 +11,10 @@
 //!
 //! It only talks to hookd over HTTP, as any client would: it must not reach into the
 //! store or the engine. It reuses `sign` to verify signatures and `dispatch::client`
-//! for the delivery ceiling, so that both are exactly what hookd itself uses.
+//! for the delivery ceiling, so that both are exactly what hookd itself uses. The one
+//! exception is the `outbox` scenario, which grows the database of a server it has
+//! stopped through `store::fill` (millions of delivered rows would take hours over
+//! HTTP), then starts a server on it again.
 
 mod child;
 mod http;
@@ -36,19 +39,21 @@ pub struct BenchArgs {
     /// Print the results as JSON instead of a table.
     #[arg(long)]
     pub json: bool,
-    /// Length of each timed load phase (ingest, ingest-batch, deliver), seconds.
+    /// Length of each timed load phase (ingest, ingest-batch, deliver, and the four of
+    /// outbox), seconds.
     #[arg(long, default_value_t = 5.0)]
     pub seconds: f64,
     /// Length of each bare-ceiling measurement, seconds.
     #[arg(long, default_value_t = 2.0)]
     pub ceiling_seconds: f64,
-    /// Concurrent publishing clients (ingest, ingest-batch).
+    /// Concurrent publishing clients (ingest, ingest-batch, and every other publishing
+    /// phase).
     #[arg(long, default_value_t = 16)]
     pub clients: usize,
     /// Events per array publish (ingest-batch; deliver and backlog publish this way).
     #[arg(long, default_value_t = 100)]
     pub batch: usize,
-    /// Hooks that deliver and backlog spread their events over.
+    /// Hooks that deliver, backlog and outbox spread their events over.
     #[arg(long, default_value_t = 100)]
     pub hooks: usize,
     /// `batch_max` values the deliver scenario runs with.
@@ -70,8 +75,14 @@ pub struct BenchArgs {
     /// when the run would not fit in --budget; the output says so].
     #[arg(long)]
     pub backlog: Option<u64>,
-    /// Time the whole run should fit in (seconds); the default backlog is sized to it.
-    #[arg(long, default_value_t = 240.0)]
+    /// Delivered rows the outbox scenario adds to its database before measuring again
+    /// [default: 10,000,000, reduced when the run would not fit in --budget; the output
+    /// says so].
+    #[arg(long)]
+    pub outbox_rows: Option<u64>,
+    /// Time the whole run should fit in (seconds); the default backlog and outbox are
+    /// sized to it.
+    #[arg(long, default_value_t = 280.0)]
     pub budget: f64,
     /// hookd's dispatcher threads (passed to `serve`); also the threads of the bare
     /// delivery-client ceiling.
@@ -87,7 +98,8 @@ pub struct BenchArgs {
     pub dir: Option<PathBuf>,
 }
 
-/// A scenario of issue 5, plus `idle` (start-up time and resting RSS).
+/// A scenario of issue 5, plus `idle` (start-up time and resting RSS). They run in this
+/// order.
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Scenario {
     Idle,
@@ -97,10 +109,13 @@ pub enum Scenario {
     Latency,
     Fanout,
     Backlog,
+    // Ingest and deliver on an empty database, then again once it holds `--outbox-rows`
+    // delivered rows (a `///` here would turn `--help`'s list of values into a table).
+    Outbox,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 7] = [
+    pub const ALL: [Scenario; 8] = [
         Scenario::Idle,
         Scenario::Ingest,
         Scenario::IngestBatch,
@@ -108,6 +123,7 @@ impl Scenario {
         Scenario::Latency,
         Scenario::Fanout,
         Scenario::Backlog,
+        Scenario::Outbox,
     ];
 
     pub fn name(self) -> &'static str {
@@ -119,6 +135,7 @@ impl Scenario {
             Scenario::Latency => "latency",
             Scenario::Fanout => "fanout",
             Scenario::Backlog => "backlog",
+            Scenario::Outbox => "outbox",
         }
     }
 }
@@ -141,7 +158,7 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
     } else {
         args.scenarios.clone()
     };
-    // A fixed order: the backlog, sized to what time is left, comes last.
+    // A fixed order: the backlog and the outbox, sized to what time is left, come last.
     selected.sort();
     selected.dedup();
     let run = scenarios::run_all(&args, &selected)?;

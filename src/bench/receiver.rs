@@ -153,8 +153,20 @@ impl Receiver {
 
     /// Forgets every hook, record and counter; back to [`Mode::Accept`].
     pub fn reset(&self) {
+        self.shared
+            .hooks
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        self.clear();
+        self.set_mode(Mode::Accept);
+        self.keep_arrivals(true);
+    }
+
+    /// Forgets every record and counter, and keeps the hooks: a new phase against the
+    /// same hooks.
+    pub fn clear(&self) {
         let s = &self.shared;
-        s.hooks.write().unwrap_or_else(|p| p.into_inner()).clear();
         s.arrivals.lock().unwrap_or_else(|p| p.into_inner()).clear();
         s.bad_samples
             .lock()
@@ -172,8 +184,6 @@ impl Receiver {
         ] {
             c.store(0, Ordering::SeqCst);
         }
-        self.set_mode(Mode::Accept);
-        self.keep_arrivals(true);
     }
 
     /// Events accepted so far (cheap: one atomic load).

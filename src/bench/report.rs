@@ -163,8 +163,10 @@ impl Check {
     }
 
     /// Compares what arrived with `expected[hook]`: the fingerprints of the events each
-    /// registered hook must receive.
-    pub fn compare(expected: &[Vec<u64>], arrivals: &[Arrival]) -> Check {
+    /// registered hook must receive. `after[hook]` is the last sequence number the hook
+    /// had before (missing: 0), so a gap is a number missing between it and the highest
+    /// that arrived.
+    pub fn compare(expected: &[Vec<u64>], arrivals: &[Arrival], after: &[u64]) -> Check {
         let mut check = Check {
             expected: expected.iter().map(|e| e.len() as u64).sum(),
             arrived: arrivals.len() as u64,
@@ -177,7 +179,8 @@ impl Check {
                 None => check.unexpected += 1,
             }
         }
-        for (want, got) in expected.iter().zip(by_hook) {
+        for (n, (want, got)) in expected.iter().zip(by_hook).enumerate() {
+            let base = after.get(n).copied().unwrap_or(0);
             let mut prev = 0;
             for a in &got {
                 if a.seq < prev {
@@ -189,7 +192,9 @@ impl Check {
             seqs.sort_unstable();
             seqs.dedup();
             if let Some(&max) = seqs.last() {
-                check.sequence_gaps += max - seqs.len() as u64 + u64::from(seqs[0] == 0);
+                // Numbers above the base that never arrived.
+                let stale = seqs.iter().take_while(|s| **s <= base).count() as u64;
+                check.sequence_gaps += max.saturating_sub(base) + stale - seqs.len() as u64;
             }
             let mut want = want.clone();
             want.sort_unstable();
@@ -515,7 +520,7 @@ mod tests {
     fn a_complete_run_checks_out() {
         let expected = vec![vec![10, 11], vec![10]];
         let got = [arrival(0, 1, 10), arrival(1, 1, 10), arrival(0, 2, 11)];
-        let c = Check::compare(&expected, &got);
+        let c = Check::compare(&expected, &got, &[]);
         assert!(c.ok());
         assert_eq!((c.expected, c.arrived, c.lost, c.duplicates), (3, 3, 0, 0));
         assert_eq!((c.sequence_gaps, c.out_of_order, c.unexpected), (0, 0, 0));
@@ -531,13 +536,23 @@ mod tests {
             arrival(0, 4, 99),
             arrival(7, 1, 5),
         ];
-        let c = Check::compare(&expected, &got);
+        let c = Check::compare(&expected, &got, &[]);
         assert_eq!(c.lost, 1, "event 2 never came");
         assert_eq!(c.duplicates, 1);
         assert_eq!(c.sequence_gaps, 1, "sequence 2 is missing below 4");
         assert_eq!(c.out_of_order, 1);
         assert_eq!(c.unexpected, 2, "event 99 and the unknown hook");
         assert!(!c.ok());
+    }
+
+    #[test]
+    fn sequences_may_start_after_a_base() {
+        let expected = vec![vec![1, 2], vec![3]];
+        let got = [arrival(0, 101, 1), arrival(0, 103, 2), arrival(1, 8, 3)];
+        let c = Check::compare(&expected, &got, &[100, 7]);
+        assert_eq!((c.lost, c.sequence_gaps), (0, 1), "102 is missing");
+        let c = Check::compare(&expected, &got, &[]);
+        assert_eq!(c.sequence_gaps, 101 + 7, "counted from 1 without a base");
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! running, and cached for the run.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::thread;
@@ -17,11 +17,21 @@ use super::child::{own_stats, ProcStats, Server};
 use super::http::{fingerprint, ids_in, Conn};
 use super::loadgen::{self, Body, Plan};
 use super::receiver::{Arrival, Mode, Receiver};
-use super::report::{Case, Ceilings, Check, Figure, Resources, Run, Target};
+use super::report::{num, Case, Ceilings, Check, Figure, Resources, Run, Target};
 use super::{now_ns, BenchArgs, Scenario};
 
 /// The backlog of issue 5, before it is fitted to the time budget.
 const BACKLOG_DEFAULT: u64 = 1_000_000;
+/// The outbox of issue 5 (delivered rows), before it is fitted to the time budget.
+const OUTBOX_DEFAULT: u64 = 10_000_000;
+/// Rows of the outbox's first fill, which is timed to size the rest to the budget.
+const OUTBOX_PROBE: u64 = 200_000;
+/// Least time kept for the outbox's fill when the backlog is sized to the budget.
+const OUTBOX_MIN_FILL_S: f64 = 30.0;
+/// The fill rate of a large outbox, as a share of the rate of its first rows.
+const OUTBOX_RATE_FACTOR: f64 = 0.8;
+/// How long a clean stop of hookd may take (its own default --shutdown-timeout is 10 s).
+const SHUTDOWN_LIMIT: Duration = Duration::from_secs(30);
 /// A wait for deliveries gives up after this long without one arriving.
 const STALL: Duration = Duration::from_secs(30);
 /// Connections used to create (or activate) hooks in parallel.
@@ -36,6 +46,42 @@ struct HookSpec {
 /// A created hook.
 struct Hook {
     id: String,
+}
+
+/// The one hook of the ingest phases: it takes large batches, so delivering what was
+/// published does not take longer than publishing it.
+fn ingest_hook() -> HookSpec {
+    HookSpec {
+        event: "bench.ingest".into(),
+        batch_max: 1000,
+    }
+}
+
+/// The hooks of the delivery phases: hook `i` takes `bench.h{i}`.
+fn deliver_hooks(h: usize, batch_max: u32) -> Vec<HookSpec> {
+    (0..h)
+        .map(|i| HookSpec {
+            event: format!("bench.h{i}"),
+            batch_max,
+        })
+        .collect()
+}
+
+/// What an ingest phase measured.
+struct IngestRun {
+    /// Accepted events per second.
+    rate: f64,
+    /// Publish round trip p50 and p99.
+    round_trip: Vec<Figure>,
+    resources: Resources,
+}
+
+/// What a delivery phase measured.
+struct DeliverRun {
+    /// Events per second, from the first publish to the last arrival.
+    rate: f64,
+    events_per_delivery: f64,
+    resources: Resources,
 }
 
 /// CPU and time at the start of a measured phase.
@@ -54,6 +100,8 @@ struct Bench<'a> {
     cases: Vec<Case>,
     notes: Vec<String>,
     serial: usize,
+    /// Every scenario of the run, for those that must leave time to the ones after.
+    selected: Vec<Scenario>,
 }
 
 /// Runs the selected scenarios in order and collects their cases.
@@ -77,6 +125,7 @@ pub fn run_all(args: &BenchArgs, selected: &[Scenario]) -> Result<Run, String> {
         cases: Vec::new(),
         notes: Vec::new(),
         serial: 0,
+        selected: selected.to_vec(),
     };
     for scenario in selected {
         let before = bench.cases.len();
@@ -88,6 +137,7 @@ pub fn run_all(args: &BenchArgs, selected: &[Scenario]) -> Result<Run, String> {
             Scenario::Latency => bench.latency(),
             Scenario::Fanout => bench.fanout(),
             Scenario::Backlog => bench.backlog(),
+            Scenario::Outbox => bench.outbox(),
         };
         if let Err(e) = result {
             bench.progress(&format!("{}: FAILED: {e}", scenario.name()));
@@ -110,7 +160,7 @@ pub fn run_all(args: &BenchArgs, selected: &[Scenario]) -> Result<Run, String> {
     }
     let _ = std::fs::remove_dir_all(&dir);
     let elapsed_s = bench.started.elapsed().as_secs_f64();
-    if args.backlog.is_none() && elapsed_s > args.budget + 30.0 {
+    if args.backlog.is_none() && args.outbox_rows.is_none() && elapsed_s > args.budget + 30.0 {
         bench.notes.push(format!(
             "the run took {elapsed_s:.0} s, over the {:.0} s budget",
             args.budget
@@ -142,12 +192,18 @@ impl Bench<'_> {
         self.rx.reset();
         self.serial += 1;
         let dir = self.dir.join(format!("{:02}-{label}", self.serial));
+        self.relaunch(&dir, extra)
+    }
+
+    /// hookd on the database in `dir` (new, or a stopped server's), with the flags every
+    /// case gets and `extra`; the receiver keeps its hooks.
+    fn relaunch(&self, dir: &Path, extra: &[String]) -> Result<Server, String> {
         let mut flags = vec![
             "--dispatchers".to_string(),
             self.args.dispatchers.to_string(),
         ];
         flags.extend_from_slice(extra);
-        Server::start(&dir, &flags, &self.args.serve_args)
+        Server::start(dir, &flags, &self.args.serve_args)
     }
 
     /// Creates hooks through the API (as an admin, skipping the handshake) from several
@@ -233,15 +289,28 @@ impl Bench<'_> {
     }
 
     /// Stops hookd and files the case with its resource figures.
-    fn finish(&mut self, mut case: Case, server: Server, mut resources: Resources) {
+    fn finish(&mut self, case: Case, server: Server, resources: Resources) {
+        let startup = server.startup;
+        let end = server.stop();
+        self.file(case, startup, end, resources);
+    }
+
+    /// Files the case with its resource figures: hookd's `startup`, and `end`, its
+    /// figures at the end of the case.
+    fn file(
+        &mut self,
+        mut case: Case,
+        startup: Duration,
+        end: ProcStats,
+        mut resources: Resources,
+    ) {
         let errors = self.rx.counts().protocol_errors;
         if errors > 0 {
             case.notes.push(format!(
                 "the receiver saw {errors} malformed requests or broken connections"
             ));
         }
-        resources.startup_ms = server.startup.as_secs_f64() * 1e3;
-        let end = server.stop();
+        resources.startup_ms = startup.as_secs_f64() * 1e3;
         resources.peak_rss_mb = end.peak_rss_mb;
         resources.cpu_s = end.cpu_s;
         case.hookd = resources;
@@ -271,9 +340,16 @@ impl Bench<'_> {
         }
     }
 
-    /// Compares `arrivals` with `expected` and adds the receiver's signature verdicts.
-    fn check(&self, expected: &[Vec<u64>], arrivals: &[Arrival], published: u64) -> Check {
-        let mut check = Check::compare(expected, arrivals);
+    /// Compares `arrivals` with `expected` and adds the receiver's signature verdicts;
+    /// `after[n]` is hook `n`'s last sequence number before (missing: 0).
+    fn check(
+        &self,
+        expected: &[Vec<u64>],
+        arrivals: &[Arrival],
+        published: u64,
+        after: &[u64],
+    ) -> Check {
+        let mut check = Check::compare(expected, arrivals, after);
         check.published = published;
         let counts = self.rx.counts();
         check.bad_signatures = counts.bad_signatures;
@@ -435,16 +511,47 @@ impl Bench<'_> {
         let mut server = self.launch(scenario, &[])?;
         // The one matching hook takes large batches, so delivering what was published
         // does not take longer than publishing it.
-        self.create_hooks(
-            &server,
-            &[HookSpec {
-                event: "bench.ingest".into(),
-                batch_max: 1000,
-            }],
-        )?;
-        let events = vec![("bench.ingest".to_string(), 0); per_request];
-        let body = loadgen::publish_body(server.addr, &server.token, &events, batch);
-        let phase = self.phase_start(&server);
+        self.create_hooks(&server, &[ingest_hook()])?;
+        let mut case = Case::new(
+            scenario,
+            format!("{} clients, {per_request}/publish", args.clients),
+        );
+        let run = self.ingest_phase(&mut server, &mut case, per_request, (0, 1), &[]);
+        let (target, ratio) = if batch {
+            (Target::at_least(100_000.0), None)
+        } else {
+            (Target::at_least(20_000.0), Some(Target::at_least(0.6)))
+        };
+        let mut figure = Figure::new("accepted events/s", run.rate, "1/s")
+            .target(target)
+            .ceiling(Some(ceiling));
+        if let Some(r) = ratio {
+            figure = figure.ratio_target(r);
+        }
+        case.figures.push(figure);
+        case.figures.extend(run.round_trip);
+        self.finish(case, server, run.resources);
+        Ok(())
+    }
+
+    /// One ingest phase on a running hookd: `--clients` connections publish
+    /// `per_request` events at a time (an array when more than one) of type
+    /// `bench.ingest` for `--seconds`; then every accepted event must reach hook number
+    /// `hook.0` of the `hook.1` registered. Notes, problems and the check go into
+    /// `case`; `after[n]` is hook `n`'s last sequence number before the phase.
+    fn ingest_phase(
+        &self,
+        server: &mut Server,
+        case: &mut Case,
+        per_request: usize,
+        hook: (usize, usize),
+        after: &[u64],
+    ) -> IngestRun {
+        let args = self.args;
+        self.rx.clear();
+        let events = vec![("bench.ingest".to_string(), hook.0 as u32); per_request];
+        let body = loadgen::publish_body(server.addr, &server.token, &events, per_request > 1);
+        let phase = self.phase_start(server);
         let out = loadgen::closed_loop(&Plan {
             addr: server.addr,
             clients: args.clients,
@@ -456,39 +563,24 @@ impl Bench<'_> {
             progress: None,
             enough: None,
         });
-        let resources = self.phase_end(&phase, &server, out.events);
-        let rate = out.rate();
-        let mut case = Case::new(
-            scenario,
-            format!("{} clients, {per_request}/publish", args.clients),
-        );
-        let (target, ratio) = if batch {
-            (Target::at_least(100_000.0), None)
-        } else {
-            (Target::at_least(20_000.0), Some(Target::at_least(0.6)))
-        };
-        let mut figure = Figure::new("accepted events/s", rate, "1/s")
-            .target(target)
-            .ceiling(Some(ceiling));
-        if let Some(r) = ratio {
-            figure = figure.ratio_target(r);
-        }
-        case.figures.push(figure);
+        let resources = self.phase_end(&phase, server, out.events);
         let mut lat = out.latencies_us.clone();
-        case.figures.push(Figure::new(
-            "publish round trip p50",
-            percentile(&mut lat, 0.50) / 1e3,
-            "ms",
-        ));
-        case.figures.push(Figure::new(
-            "publish round trip p99",
-            percentile(&mut lat, 0.99) / 1e3,
-            "ms",
-        ));
-        note_problems(&mut case, &out);
+        let round_trip = vec![
+            Figure::new(
+                "publish round trip p50",
+                percentile(&mut lat, 0.50) / 1e3,
+                "ms",
+            ),
+            Figure::new(
+                "publish round trip p99",
+                percentile(&mut lat, 0.99) / 1e3,
+                "ms",
+            ),
+        ];
+        note_problems(case, &out);
         let drain_from = Instant::now();
         let already = self.rx.events();
-        self.drain(&mut server, &mut case, out.events, Duration::from_secs(600));
+        self.drain(server, case, out.events, Duration::from_secs(600));
         case.notes.push(format!(
             "{} of {} events were delivered while publishing; the rest took {:.1} s to \
              deliver (batch_max 1000)",
@@ -497,10 +589,17 @@ impl Bench<'_> {
             drain_from.elapsed().as_secs_f64()
         ));
         let arrivals = self.rx.take_arrivals();
-        let expected = vec![out.accepted.iter().map(|(e, _)| *e).collect::<Vec<_>>()];
-        case.check = merge_problems(case.check, self.check(&expected, &arrivals, out.events));
-        self.finish(case, server, resources);
-        Ok(())
+        let mut expected = vec![Vec::new(); hook.1];
+        expected[hook.0] = out.accepted.iter().map(|(e, _)| *e).collect();
+        case.check = merge_problems(
+            std::mem::take(&mut case.check),
+            self.check(&expected, &arrivals, out.events, after),
+        );
+        IngestRun {
+            rate: out.rate(),
+            round_trip,
+            resources,
+        }
     }
 
     /// End-to-end delivery to `--hooks` hooks, each event for one of them, published in
@@ -515,69 +614,9 @@ impl Bench<'_> {
                 args.seconds
             ));
             let mut server = self.launch(&format!("deliver-{batch_max}"), &[])?;
-            let specs: Vec<HookSpec> = (0..h)
-                .map(|i| HookSpec {
-                    event: format!("bench.h{i}"),
-                    batch_max,
-                })
-                .collect();
-            self.create_hooks(&server, &specs)?;
-            let bodies = spread_bodies(server.addr, &server.token, h, args.batch, "bench.h");
-            // Deep enough that every hook always has a full batch waiting, shallow enough
-            // that the tail after publishing stops is short.
-            let window = (2 * h as u64 * u64::from(batch_max)).max(5_000);
-            let rx = self.rx.clone();
-            let delivered = move || rx.events();
-            let accepted = AtomicU64::new(0);
-            let publishing = AtomicBool::new(true);
-            let phase = self.phase_start(&server);
-            // While publishing, sample how often hookd had nothing queued: if it often
-            // did, the publishers, not delivery, set the pace.
-            let (out, starved) = thread::scope(|scope| {
-                let sampler = scope.spawn(|| {
-                    let (mut samples, mut starved) = (0u64, 0u64);
-                    thread::sleep(Duration::from_millis(200));
-                    while publishing.load(Ordering::Relaxed) {
-                        let queued = accepted
-                            .load(Ordering::Relaxed)
-                            .saturating_sub(self.rx.events());
-                        samples += 1;
-                        if queued < (args.dispatchers as u64).min(h as u64) * u64::from(batch_max) {
-                            starved += 1;
-                        }
-                        thread::sleep(Duration::from_millis(5));
-                    }
-                    starved as f64 / samples.max(1) as f64
-                });
-                let out = loadgen::closed_loop(&Plan {
-                    addr: server.addr,
-                    clients: args.clients,
-                    bodies: &bodies,
-                    until: Instant::now() + secs(args.seconds),
-                    max_events: None,
-                    window: Some((window, &delivered)),
-                    record: true,
-                    progress: Some(&accepted),
-                    enough: None,
-                });
-                publishing.store(false, Ordering::Relaxed);
-                (out, sampler.join().unwrap_or(0.0))
-            });
+            self.create_hooks(&server, &deliver_hooks(h, batch_max))?;
             let mut case = Case::new("deliver", format!("{h} hooks, batch_max {batch_max}"));
-            note_problems(&mut case, &out);
-            if starved > 0.1 {
-                case.notes.push(format!(
-                    "hookd's queue ran short {:.0} % of the time while publishing: this figure \
-                     is bounded by how fast {} clients could publish, not by delivery",
-                    starved * 100.0,
-                    args.clients
-                ));
-            }
-            self.drain(&mut server, &mut case, out.events, Duration::from_secs(600));
-            let resources = self.phase_end(&phase, &server, out.events);
-            let counts = self.rx.counts();
-            let span = counts.last_ns.saturating_sub(out.first_send_ns) as f64 / 1e9;
-            let rate = out.events as f64 / span.max(1e-9);
+            let run = self.deliver_phase(&mut server, &mut case, h, batch_max, &[]);
             let (name, unit, target, ratio) = if batch_max == 1 {
                 (
                     "deliveries/s",
@@ -595,7 +634,7 @@ impl Bench<'_> {
             } else {
                 ("delivered events/s", "1/s", None, None)
             };
-            let mut figure = Figure::new(name, rate, unit).ceiling(Some(ceiling));
+            let mut figure = Figure::new(name, run.rate, unit).ceiling(Some(ceiling));
             if let Some(t) = target {
                 figure = figure.target(t);
             }
@@ -606,21 +645,100 @@ impl Bench<'_> {
             if batch_max > 1 {
                 case.figures.push(Figure::new(
                     "mean events per delivery",
-                    counts.events as f64 / counts.deliveries.max(1) as f64,
+                    run.events_per_delivery,
                     "events",
                 ));
             }
-            case.notes.push(format!(
-                "end to end: {} events published (arrays of {}, queue kept under {window}) and \
-                 delivered in {span:.2} s, from the first publish to the last arrival",
-                out.events, args.batch
-            ));
-            let arrivals = self.rx.take_arrivals();
-            let expected = expected_by_tag(&out.accepted, h);
-            case.check = merge_problems(case.check, self.check(&expected, &arrivals, out.events));
-            self.finish(case, server, resources);
+            self.finish(case, server, run.resources);
         }
         Ok(())
+    }
+
+    /// One delivery phase on a running hookd whose hooks `0..h` take `bench.h{i}` with
+    /// `batch_max`: arrays of `--batch` events spread over them, published for
+    /// `--seconds` while the queue is kept bounded; the rate is end to end, from the
+    /// first publish to the last arrival. Notes, problems and the check go into `case`;
+    /// `after[n]` is hook `n`'s last sequence number before the phase.
+    fn deliver_phase(
+        &self,
+        server: &mut Server,
+        case: &mut Case,
+        h: usize,
+        batch_max: u32,
+        after: &[u64],
+    ) -> DeliverRun {
+        let args = self.args;
+        self.rx.clear();
+        let bodies = spread_bodies(server.addr, &server.token, h, args.batch, "bench.h");
+        // Deep enough that every hook always has a full batch waiting, shallow enough
+        // that the tail after publishing stops is short.
+        let window = (2 * h as u64 * u64::from(batch_max)).max(5_000);
+        let rx = self.rx.clone();
+        let delivered = move || rx.events();
+        let accepted = AtomicU64::new(0);
+        let publishing = AtomicBool::new(true);
+        let phase = self.phase_start(server);
+        // While publishing, sample how often hookd had nothing queued: if it often did,
+        // the publishers, not delivery, set the pace.
+        let (out, starved) = thread::scope(|scope| {
+            let sampler = scope.spawn(|| {
+                let (mut samples, mut starved) = (0u64, 0u64);
+                thread::sleep(Duration::from_millis(200));
+                while publishing.load(Ordering::Relaxed) {
+                    let queued = accepted
+                        .load(Ordering::Relaxed)
+                        .saturating_sub(self.rx.events());
+                    samples += 1;
+                    if queued < (args.dispatchers as u64).min(h as u64) * u64::from(batch_max) {
+                        starved += 1;
+                    }
+                    thread::sleep(Duration::from_millis(5));
+                }
+                starved as f64 / samples.max(1) as f64
+            });
+            let out = loadgen::closed_loop(&Plan {
+                addr: server.addr,
+                clients: args.clients,
+                bodies: &bodies,
+                until: Instant::now() + secs(args.seconds),
+                max_events: None,
+                window: Some((window, &delivered)),
+                record: true,
+                progress: Some(&accepted),
+                enough: None,
+            });
+            publishing.store(false, Ordering::Relaxed);
+            (out, sampler.join().unwrap_or(0.0))
+        });
+        note_problems(case, &out);
+        if starved > 0.1 {
+            case.notes.push(format!(
+                "hookd's queue ran short {:.0} % of the time while publishing: this figure \
+                 is bounded by how fast {} clients could publish, not by delivery",
+                starved * 100.0,
+                args.clients
+            ));
+        }
+        self.drain(server, case, out.events, Duration::from_secs(600));
+        let resources = self.phase_end(&phase, server, out.events);
+        let counts = self.rx.counts();
+        let span = counts.last_ns.saturating_sub(out.first_send_ns) as f64 / 1e9;
+        case.notes.push(format!(
+            "end to end: {} events published (arrays of {}, queue kept under {window}) and \
+             delivered in {span:.2} s, from the first publish to the last arrival",
+            out.events, args.batch
+        ));
+        let arrivals = self.rx.take_arrivals();
+        let expected = expected_by_tag(&out.accepted, h);
+        case.check = merge_problems(
+            std::mem::take(&mut case.check),
+            self.check(&expected, &arrivals, out.events, after),
+        );
+        DeliverRun {
+            rate: out.events as f64 / span.max(1e-9),
+            events_per_delivery: counts.events as f64 / counts.deliveries.max(1) as f64,
+            resources,
+        }
     }
 
     /// Single events at a fixed rate to one hook: publish → arrival percentiles.
@@ -717,7 +835,7 @@ impl Bench<'_> {
         let mut fps: Vec<u64> = warm.sent.iter().map(|s| s.event).collect();
         fps.extend(out.sent.iter().map(|s| s.event));
         let published = fps.len() as u64;
-        case.check = merge_problems(case.check, self.check(&[fps], &arrivals, published));
+        case.check = merge_problems(case.check, self.check(&[fps], &arrivals, published, &[]));
         self.finish(case, server, resources);
         Ok(())
     }
@@ -818,7 +936,7 @@ impl Bench<'_> {
             let expected = vec![events.clone(); n];
             case.check = merge_problems(
                 case.check,
-                self.check(&expected, &arrivals, events.len() as u64),
+                self.check(&expected, &arrivals, events.len() as u64, &[]),
             );
             self.finish(case, server, resources);
         }
@@ -955,27 +1073,212 @@ impl Bench<'_> {
         ));
         let arrivals = self.rx.take_arrivals();
         let expected = expected_by_tag(&accepted, h);
-        case.check = merge_problems(case.check, self.check(&expected, &arrivals, total));
+        case.check = merge_problems(case.check, self.check(&expected, &arrivals, total, &[]));
         self.finish(case, server, resources);
         Ok(())
     }
 
     /// How many events the backlog queues, and the time budget it must fit in: the full
     /// 1,000,000 and no budget when `--backlog` is given; otherwise up to 1,000,000 and
-    /// whatever is left of `--budget` (when the run must end, and the drain rate measured
-    /// by the deliver scenario, if it ran).
+    /// whatever is left of `--budget` once the outbox's share is kept back (when the
+    /// backlog must end, and the drain rate measured by the deliver scenario, if it ran).
     fn backlog_budget(&self) -> (u64, Option<(Instant, Option<f64>)>) {
         if let Some(n) = self.args.backlog {
             return (n, None);
         }
-        // Set-up, the wait for inactive hooks and the report take a few seconds.
-        let left = (self.args.budget - self.started.elapsed().as_secs_f64() - 10.0).max(20.0);
+        // Set-up, the wait for inactive hooks and the report take a few seconds; the
+        // outbox, when it runs after, needs its share.
+        let left = (self.args.budget
+            - self.started.elapsed().as_secs_f64()
+            - 10.0
+            - self.outbox_reserve())
+        .max(20.0);
         let drain = self
             .cases
             .iter()
             .find(|c| c.scenario == "deliver" && c.case.ends_with("batch_max 1"))
             .and_then(|c| c.figure("deliveries/s"));
         (BACKLOG_DEFAULT, Some((Instant::now() + secs(left), drain)))
+    }
+
+    /// Seconds the outbox scenario takes besides its fill, when it runs: hook set-up,
+    /// two starts and a stop, and four load phases with their drains; plus, when its
+    /// size is fitted to the budget, the least time its fill is given.
+    fn outbox_reserve(&self) -> f64 {
+        if !self.selected.contains(&Scenario::Outbox) {
+            return 0.0;
+        }
+        let fill = if self.args.outbox_rows.is_none() {
+            OUTBOX_MIN_FILL_S
+        } else {
+            0.0
+        };
+        self.grown_phases_s() * 2.0 + 5.0 + fill
+    }
+
+    /// Seconds of one ingest and one delivery phase, their drains included.
+    fn grown_phases_s(&self) -> f64 {
+        2.0 * (self.args.seconds + 3.0)
+    }
+
+    /// Ingest and delivery on an empty database, then on the same database once it
+    /// holds `--outbox-rows` delivered rows more: hookd is stopped cleanly, the file is
+    /// filled through `store::fill` (no server holds it then), and hookd starts again on
+    /// it. Each grown figure must be at least 80 % of the empty one.
+    fn outbox(&mut self) -> Result<(), String> {
+        let args = self.args;
+        let h = args.hooks;
+        let ingest_ceiling = self.generator_ceiling(1, args.clients);
+        let deliver_ceiling = self.client_ceiling(1);
+        let target_rows = args.outbox_rows.unwrap_or(OUTBOX_DEFAULT);
+        self.progress(&format!(
+            "outbox: ingest ({} clients, single events) and deliver ({h} hooks, batch_max 1) \
+             on an empty database, {} s each",
+            args.clients, args.seconds
+        ));
+        let mut server = self.launch("outbox", &[])?;
+        // Hooks 0..h deliver (as in `deliver`), hook h takes the ingest phases' events.
+        let mut specs = deliver_hooks(h, 1);
+        specs.push(ingest_hook());
+        let hooks = self.create_hooks(&server, &specs)?;
+        let fresh = vec![0; h + 1];
+        let (empty_ingest, empty_deliver) =
+            self.outbox_phases(&mut server, "empty database", &fresh, None)?;
+
+        // hookd stopped: the file is grown, its hooks' sequences moved on.
+        let dir = server.dir().to_path_buf();
+        let db = server.db();
+        server.shutdown(SHUTDOWN_LIMIT)?;
+        let ids: Vec<String> = hooks.iter().map(|h| h.id.clone()).collect();
+        let probe = target_rows.min(OUTBOX_PROBE);
+        self.progress(&format!(
+            "outbox: hookd stopped; filling its database with {} delivered rows{}",
+            num(target_rows as f64),
+            if args.outbox_rows.is_none() {
+                " (at most: fitted to --budget from the rate of the first rows)"
+            } else {
+                ""
+            }
+        ));
+        let fill = |rows: u64| {
+            crate::store::fill::fill_delivered(&db, &ids, rows)
+                .map_err(|e| format!("filling {}: {e}", db.display()))
+        };
+        let first = fill(probe)?;
+        let probe_rate = probe as f64 / first.elapsed.as_secs_f64().max(1e-9);
+        let rows = if args.outbox_rows.is_some() {
+            target_rows
+        } else {
+            // Later rows go in more slowly than the first (deeper B-trees, more to write
+            // back): 1,000,000 rows filled at about 85 % of the first 200,000's rate.
+            let rate = probe_rate * OUTBOX_RATE_FACTOR;
+            let left = args.budget - self.started.elapsed().as_secs_f64() - self.grown_phases_s();
+            target_rows.min(probe + (rate * left.max(0.0)) as u64)
+        };
+        let rest = if rows > probe {
+            Some(fill(rows - probe)?)
+        } else {
+            None
+        };
+        let fill_s =
+            first.elapsed.as_secs_f64() + rest.as_ref().map_or(0.0, |r| r.elapsed.as_secs_f64());
+        let last = rest.as_ref().unwrap_or(&first);
+        let after = last.last_seq.clone();
+        let db_mb = last.db_bytes as f64 / 1e6;
+        let label = format!("{} delivered rows", num(rows as f64));
+        self.progress(&format!(
+            "outbox: filled {label} in {fill_s:.1} s ({:.0} rows/s; the first {probe} at \
+             {probe_rate:.0} rows/s); the database is {db_mb:.0} MB; starting hookd on it",
+            rows as f64 / fill_s.max(1e-9)
+        ));
+        let mut server = self.relaunch(&dir, &[])?;
+        let mut case = Case::new("outbox", format!("fill, {label}"));
+        case.figures.push(Figure::new(
+            "fill rate",
+            rows as f64 / fill_s.max(1e-9),
+            "rows/s",
+        ));
+        case.figures.push(Figure::new("fill time", fill_s, "s"));
+        case.figures.push(Figure::new("database file", db_mb, "MB"));
+        case.figures.push(Figure::new(
+            "start-up on the grown database",
+            server.startup.as_secs_f64() * 1e3,
+            "ms",
+        ));
+        case.notes.push(format!(
+            "each row is an event, its delivery (delivered) and one attempt (204), spread \
+             over the {} hooks, dated within the last hour; the first {probe} rows filled \
+             at {probe_rate:.0} rows/s; the database also holds the rows of the \
+             empty-database phases",
+            h + 1
+        ));
+        if rows < target_rows {
+            let msg = format!(
+                "outbox reduced from {} to {} rows so that the whole run fits in {:.0} s \
+                 (--budget); `--outbox-rows {target_rows}` forces the full size",
+                num(target_rows as f64),
+                num(rows as f64),
+                args.budget
+            );
+            self.progress(&msg);
+            case.notes.push(msg);
+        }
+        self.file(case, server.startup, server.stats(), Resources::default());
+
+        self.progress(&format!("outbox: ingest and deliver again, on {label}"));
+        let empty = Some((empty_ingest, empty_deliver, ingest_ceiling, deliver_ceiling));
+        self.outbox_phases(&mut server, &label, &after, empty)?;
+        Ok(())
+    }
+
+    /// The outbox's ingest phase (hook `--hooks`, batch_max 1000, as `ingest`) and
+    /// delivery phase (hooks `0..--hooks`, batch_max 1, as `deliver`), each filed as a
+    /// case named after `state`; returns their rates. With `empty` (the rates on the
+    /// empty database and the two bare ceilings), each rate is also compared with the
+    /// empty one: the issue's target is at least 80 % of it.
+    fn outbox_phases(
+        &mut self,
+        server: &mut Server,
+        state: &str,
+        after: &[u64],
+        empty: Option<(f64, f64, f64, f64)>,
+    ) -> Result<(f64, f64), String> {
+        let h = self.args.hooks;
+        let ratio = |grown: f64, before: f64| {
+            Figure::new("grown / empty", grown / before.max(1e-9), "ratio")
+                .target(Target::at_least(0.8))
+        };
+        let mut case = Case::new("outbox", format!("ingest, {state}"));
+        let ingest = self.ingest_phase(server, &mut case, 1, (h, h + 1), after);
+        let mut figure = Figure::new("accepted events/s", ingest.rate, "1/s");
+        if let Some((before, _, ceiling, _)) = empty {
+            figure = figure.ceiling(Some(ceiling));
+            case.figures.push(figure);
+            case.figures.push(ratio(ingest.rate, before));
+        } else {
+            case.figures.push(figure);
+        }
+        case.figures.extend(ingest.round_trip);
+        self.file(case, server.startup, server.stats(), ingest.resources);
+        if !server.alive() {
+            return Err(format!("hookd died:\n{}", server.log_tail()));
+        }
+
+        let mut case = Case::new("outbox", format!("deliver, {state}"));
+        let deliver = self.deliver_phase(server, &mut case, h, 1, after);
+        let mut figure = Figure::new("deliveries/s", deliver.rate, "1/s");
+        if let Some((_, before, _, ceiling)) = empty {
+            figure = figure.ceiling(Some(ceiling));
+            case.figures.push(figure);
+            case.figures.push(ratio(deliver.rate, before));
+        } else {
+            case.figures.push(figure);
+        }
+        self.file(case, server.startup, server.stats(), deliver.resources);
+        if !server.alive() {
+            return Err(format!("hookd died:\n{}", server.log_tail()));
+        }
+        Ok((ingest.rate, deliver.rate))
     }
 
     /// Waits until every hook is inactive.

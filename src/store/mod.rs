@@ -3,6 +3,7 @@
 //! transaction; reads use their own connections ([`read::Reader`]). Knows nothing of
 //! HTTP or of delivery transport.
 
+pub mod fill;
 mod ops;
 pub mod read;
 pub mod writer;
@@ -296,7 +297,7 @@ impl Direct {
         // Publishing is the server's job; the other operations do not need the index.
         let index = writer::FanoutIndex::default();
         let mut effects = writer::Effects::default();
-        let out = ops::apply(&tx, &index, &self.secrets, op, &mut effects)?;
+        let out = ops::apply(&tx, &index, &self.secrets, &op, &mut effects)?;
         tx.commit().ctx("committing")?;
         Ok(out)
     }

@@ -1,6 +1,8 @@
 //! The SQL of every write. Each function runs inside the writer's transaction (a
 //! savepoint of it) and reports what must happen after the commit through `Effects`.
 
+use std::collections::HashMap;
+
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::json;
 
@@ -22,7 +24,7 @@ pub(super) fn apply(
     conn: &Connection,
     index: &FanoutIndex,
     secrets: &SecretBox,
-    op: WriteOp,
+    op: &WriteOp,
     fx: &mut Effects,
 ) -> Result<WriteOutput, StoreError> {
     match op {
@@ -30,71 +32,69 @@ pub(super) fn apply(
             token_hash,
             role,
             tenant,
-        } => insert_key(conn, &token_hash, role, tenant.as_deref()).map(WriteOutput::Key),
-        WriteOp::RevokeKey { id } => revoke_key(conn, &id).map(|_| WriteOutput::Done),
+        } => insert_key(conn, token_hash, *role, tenant.as_deref()).map(WriteOutput::Key),
+        WriteOp::RevokeKey { id } => revoke_key(conn, id).map(|_| WriteOutput::Done),
         WriteOp::CreateHook {
             hook,
             max_per_tenant,
-        } => create_hook(conn, secrets, hook, max_per_tenant, fx).map(WriteOutput::Hook),
+        } => create_hook(conn, secrets, hook.clone(), *max_per_tenant, fx).map(WriteOutput::Hook),
         WriteOp::UpdateHook { id, scope, patch } => {
-            update_hook(conn, secrets, &id, scope.as_deref(), patch, fx).map(WriteOutput::Hook)
+            update_hook(conn, secrets, id, scope.as_deref(), patch.clone(), fx)
+                .map(WriteOutput::Hook)
         }
         WriteOp::DeleteHook { id, scope } => {
-            delete_hook(conn, secrets, &id, scope.as_deref(), fx).map(|_| WriteOutput::Done)
+            delete_hook(conn, secrets, id, scope.as_deref(), fx).map(|_| WriteOutput::Done)
         }
         WriteOp::ActivateHook { id, scope } => {
-            activate_hook(conn, secrets, &id, scope.as_deref(), fx).map(WriteOutput::Hook)
+            activate_hook(conn, secrets, id, scope.as_deref(), fx).map(WriteOutput::Hook)
         }
         WriteOp::SetVerification { id, code_hash } => {
-            set_verification(conn, &id, &code_hash).map(|_| WriteOutput::Done)
+            set_verification(conn, id, code_hash).map(|_| WriteOutput::Done)
         }
         WriteOp::VerifyHook {
             id,
             scope,
             code_hash,
-        } => {
-            verify_hook(conn, secrets, &id, scope.as_deref(), &code_hash, fx).map(WriteOutput::Hook)
-        }
+        } => verify_hook(conn, secrets, id, scope.as_deref(), code_hash, fx).map(WriteOutput::Hook),
         WriteOp::RotateSecret { id, scope } => {
-            rotate_secret(conn, secrets, &id, scope.as_deref()).map(WriteOutput::Hook)
+            rotate_secret(conn, secrets, id, scope.as_deref()).map(WriteOutput::Hook)
         }
         WriteOp::Publish {
             events,
             array,
             request_key,
-        } => publish(conn, index, events, array, request_key, fx)
+        } => publish(conn, index, events, *array, request_key.as_ref(), fx)
             .map(|(body, stored)| WriteOutput::Published { body, stored }),
         WriteOp::ClaimBatch { batch_id, ids } => {
-            claim_batch(conn, &batch_id, &ids).map(WriteOutput::Count)
+            claim_batch(conn, batch_id, ids).map(WriteOutput::Count)
         }
         WriteOp::RecordAttempt {
             record,
             disable_after,
             want_next,
         } => {
-            let hook_id = record.hook_id.clone();
-            record_attempt(conn, secrets, record, disable_after, fx)?;
-            let next = if want_next {
-                next_due(conn, &hook_id)?
+            record_attempt(conn, secrets, record, *disable_after, fx)?;
+            let next = if *want_next {
+                next_due(conn, &record.hook_id)?
             } else {
                 None
             };
             Ok(WriteOutput::Next(next))
         }
-        WriteOp::Prune { cutoff, limit } => prune(conn, cutoff, limit).map(WriteOutput::Count),
+        WriteOp::Prune { cutoff, limit } => prune(conn, *cutoff, *limit).map(WriteOutput::Count),
         WriteOp::Checkpoint => {
             // Inside the group's transaction a checkpoint cannot run; the writer runs it
             // after the commit (see `writer::commit_group`).
             Ok(WriteOutput::Done)
         }
         WriteOp::RetryDelivery { id, scope } => {
-            retry_delivery(conn, &id, scope.as_deref(), fx).map(|_| WriteOutput::Done)
+            retry_delivery(conn, id, scope.as_deref(), fx).map(|_| WriteOutput::Done)
         }
         WriteOp::Replay {
             hook_id,
             scope,
             since,
-        } => replay(conn, secrets, &hook_id, scope.as_deref(), since, fx).map(WriteOutput::Count),
+        } => replay(conn, secrets, hook_id, scope.as_deref(), *since, fx).map(WriteOutput::Count),
     }
 }
 
@@ -178,6 +178,8 @@ fn index_upsert(hook: &Hook) -> IndexChange {
         tenant: hook.tenant.clone(),
         hook_id: hook.id.clone(),
         patterns: hook.events.clone(),
+        eligible: hook.status != HookStatus::Pending,
+        batch_max: hook.batch_max,
     }
 }
 
@@ -350,6 +352,7 @@ fn activate_hook(
     )
     .ctx("resuming held deliveries")?;
     fx.reset.push(hook.id.clone());
+    fx.index.push(index_upsert(&hook));
     Ok(hook)
 }
 
@@ -403,7 +406,9 @@ fn verify_hook(
         // The handshake of an `activate` finished late: the activation goes ahead.
         return activate_hook(conn, secrets, id, scope, fx);
     }
-    load_hook(conn, secrets, id, scope)
+    let hook = load_hook(conn, secrets, id, scope)?;
+    fx.index.push(index_upsert(&hook));
+    Ok(hook)
 }
 
 /// A new secret; the old one keeps signing for 24 hours so receivers can switch.
@@ -474,9 +479,9 @@ fn remember(conn: &Connection, key: &str, hash: &[u8], response: &str) -> Result
 fn publish(
     conn: &Connection,
     index: &FanoutIndex,
-    events: Vec<NewEvent>,
+    events: &[NewEvent],
     array: bool,
-    request_key: Option<(String, Vec<u8>)>,
+    request_key: Option<&(String, Vec<u8>)>,
     fx: &mut Effects,
 ) -> Result<(String, u64), StoreError> {
     let request_key = request_key.map(|(k, h)| (format!("request:{k}"), h));
@@ -498,7 +503,7 @@ fn publish(
                 continue;
             }
         }
-        let (id, n) = insert_event(conn, index, &event, fx)?;
+        let (id, n) = insert_event(conn, index, event, fx)?;
         inserted += 1;
         let result = json!({"id": id, "deliveries": n});
         if let Some((key, hash)) = &field_key {
@@ -543,25 +548,18 @@ fn insert_event(
     .ctx("inserting an event")?;
     let mut matched = 0;
     for hook_id in index.matching(&event.tenant, &event.event_type) {
-        // The index only proposes; the hook row decides (a pending hook gets nothing) and
-        // hands out the next sequence number.
-        let next: Option<(i64, u32)> = conn
-            .prepare_cached(
-                "UPDATE hooks SET last_seq = last_seq + 1
-                 WHERE id = ?1 AND deleted_at IS NULL AND status IN ('active', 'inactive')
-                 RETURNING last_seq, batch_max",
-            )
-            .and_then(|mut s| {
-                s.query_row([&hook_id], |r| Ok((r.get(0)?, r.get(1)?)))
-                    .optional()
-            })
-            .ctx("numbering a delivery")?;
-        let Some((seq, batch_max)) = next else {
+        // The index knows which hooks may receive (not pending, not deleted) and their
+        // last sequence number: numbering needs no read or write of the hook row.
+        let Some(slot) = index.slot(&hook_id) else {
             continue;
         };
+        if !slot.eligible {
+            continue;
+        }
+        let seq = fx.seqs.get(&hook_id).copied().unwrap_or(slot.last_seq) + 1;
         let dlv = new_id("dlv");
         // A hook that sends one event per request has its batch fixed at once.
-        let batch_id = (batch_max == 1).then_some(dlv.as_str());
+        let batch_id = (slot.batch_max == 1).then_some(dlv.as_str());
         conn.prepare_cached(
             "INSERT INTO deliveries (id, hook_id, seq, event_id, batch_id, status, attempts,
                                      next_attempt_at, created_at, updated_at)
@@ -570,6 +568,7 @@ fn insert_event(
         .and_then(|mut s| s.execute(params![dlv, hook_id, seq, id, batch_id, now]))
         .ctx("inserting a delivery")?;
         matched += 1;
+        fx.seqs.insert(hook_id.clone(), seq);
         fx.new_work.push(hook_id);
     }
     Ok((id, matched))
@@ -594,7 +593,7 @@ fn claim_batch(conn: &Connection, batch_id: &str, ids: &[String]) -> Result<u64,
 fn record_attempt(
     conn: &Connection,
     secrets: &SecretBox,
-    record: AttemptRecord,
+    record: &AttemptRecord,
     disable_after: u32,
     fx: &mut Effects,
 ) -> Result<(), StoreError> {
@@ -786,14 +785,38 @@ fn prune(conn: &Connection, cutoff: Millis, limit: u32) -> Result<u64, StoreErro
             .ctx(what)
     };
     // The rows of one batch share their status, so a batch goes as a whole (a LIMIT
-    // that splits one takes the rest on the next round).
-    let deliveries = run(
-        "pruning deliveries",
-        "DELETE FROM deliveries WHERE id IN (
-             SELECT id FROM deliveries
-             WHERE id < ?1 AND status IN ('delivered', 'dead', 'cancelled') LIMIT ?2)",
-        &dlv_bound,
-    )?;
+    // that splits one takes the rest on the next round). A hook's last sequence number
+    // lives in the writer's memory and is recovered at start from its newest row, so
+    // before that row goes the number is kept in `hooks.last_seq`.
+    let mut newest: HashMap<String, i64> = HashMap::new();
+    let mut deliveries = 0usize;
+    {
+        let mut stmt = conn
+            .prepare_cached(
+                "DELETE FROM deliveries WHERE id IN (
+                     SELECT id FROM deliveries
+                     WHERE id < ?1 AND status IN ('delivered', 'dead', 'cancelled') LIMIT ?2)
+                 RETURNING hook_id, seq",
+            )
+            .ctx("pruning deliveries")?;
+        let mut rows = stmt
+            .query(params![dlv_bound, limit])
+            .ctx("pruning deliveries")?;
+        while let Some(r) = rows.next().ctx("pruning deliveries")? {
+            let (hook, seq): (String, i64) = (r.get(0).ctx("pruning")?, r.get(1).ctx("pruning")?);
+            let e = newest.entry(hook).or_insert(seq);
+            *e = (*e).max(seq);
+            deliveries += 1;
+        }
+    }
+    let mut floor = conn
+        .prepare_cached("UPDATE hooks SET last_seq = ?2 WHERE id = ?1 AND last_seq < ?2")
+        .ctx("keeping a hook's sequence")?;
+    for (hook, seq) in &newest {
+        floor
+            .execute(params![hook, seq])
+            .ctx("keeping a hook's sequence")?;
+    }
     // Attempts are keyed by the batch's first row: they go when it has gone.
     let attempts = run(
         "pruning attempts",
@@ -821,21 +844,40 @@ fn prune(conn: &Connection, cutoff: Millis, limit: u32) -> Result<u64, StoreErro
     Ok(deliveries.max(attempts).max(events).max(keys) as u64)
 }
 
-/// `(id, tenant, patterns)` of every live hook, to build the fan-out index.
-pub(super) fn live_hook_patterns(
-    conn: &Connection,
-) -> Result<Vec<(String, String, Vec<String>)>, StoreError> {
+/// What the fan-out index keeps of a live hook.
+pub(super) struct LiveHook {
+    pub id: String,
+    pub tenant: String,
+    pub patterns: Vec<String>,
+    pub eligible: bool,
+    pub batch_max: u32,
+    /// The larger of `hooks.last_seq` (kept when rows are pruned) and its newest row.
+    pub last_seq: i64,
+}
+
+/// Every live hook, to build the fan-out index. The newest row of each hook is found
+/// through `UNIQUE (hook_id, seq)`: one index probe per hook.
+pub(super) fn live_hooks(conn: &Connection) -> Result<Vec<LiveHook>, StoreError> {
     let mut stmt = conn
-        .prepare("SELECT id, tenant, events FROM hooks WHERE deleted_at IS NULL")
+        .prepare(
+            "SELECT id, tenant, events, status, batch_max,
+                    max(last_seq, coalesce((SELECT max(seq) FROM deliveries d
+                                            WHERE d.hook_id = hooks.id), 0))
+             FROM hooks WHERE deleted_at IS NULL",
+        )
         .ctx("listing hooks")?;
     let rows = stmt
         .query_map([], |r| {
             let events: String = r.get(2)?;
-            Ok((
-                r.get(0)?,
-                r.get(1)?,
-                serde_json::from_str(&events).unwrap_or_default(),
-            ))
+            let status: String = r.get(3)?;
+            Ok(LiveHook {
+                id: r.get(0)?,
+                tenant: r.get(1)?,
+                patterns: serde_json::from_str(&events).unwrap_or_default(),
+                eligible: status != HookStatus::Pending.as_str(),
+                batch_max: r.get(4)?,
+                last_seq: r.get(5)?,
+            })
         })
         .ctx("listing hooks")?;
     rows.collect::<Result<_, _>>().ctx("reading hooks")

@@ -135,10 +135,14 @@ pub struct Request {
     pub reply: Sender<Result<WriteOutput, StoreError>>,
 }
 
-/// Side effects of an applied op, carried out only once the transaction commits.
+/// Side effects of an applied op. Index changes and sequence numbers take effect in
+/// the writer's memory as soon as the op succeeds (later ops of the same group see
+/// them); wakeups go out only once the transaction commits.
 #[derive(Default)]
 pub(super) struct Effects {
     pub index: Vec<IndexChange>,
+    /// The last sequence number this op gave each hook.
+    pub seqs: HashMap<String, i64>,
     pub new_work: Vec<String>,
     pub reset: Vec<String>,
 }
@@ -148,6 +152,9 @@ pub(super) enum IndexChange {
         tenant: String,
         hook_id: String,
         patterns: Vec<String>,
+        /// Receives events (active or inactive, not pending).
+        eligible: bool,
+        batch_max: u32,
     },
     Remove {
         tenant: String,
@@ -155,21 +162,36 @@ pub(super) enum IndexChange {
     },
 }
 
-/// Hook patterns by tenant, for fan-out without scanning every hook.
+/// Hook patterns by tenant, for fan-out without scanning every hook, and what a
+/// publish needs to know of each hook without touching its row.
 #[derive(Default)]
 pub(super) struct FanoutIndex {
     tenants: HashMap<String, TenantIndex<String>>,
+    slots: HashMap<String, Slot>,
+}
+
+/// A live hook as the fan-out sees it.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Slot {
+    pub eligible: bool,
+    pub batch_max: u32,
+    /// The sequence number of its newest delivery row (committed or applied in the
+    /// current group).
+    pub last_seq: i64,
 }
 
 impl FanoutIndex {
-    fn load(conn: &Connection) -> Result<FanoutIndex, StoreError> {
+    pub(super) fn load(conn: &Connection) -> Result<FanoutIndex, StoreError> {
         let mut index = FanoutIndex::default();
-        for (id, tenant, patterns) in ops::live_hook_patterns(conn)? {
+        for h in ops::live_hooks(conn)? {
             index.apply(IndexChange::Upsert {
-                tenant,
-                hook_id: id,
-                patterns,
+                tenant: h.tenant,
+                hook_id: h.id.clone(),
+                patterns: h.patterns,
+                eligible: h.eligible,
+                batch_max: h.batch_max,
             });
+            index.advance(&h.id, h.last_seq);
         }
         Ok(index)
     }
@@ -180,12 +202,22 @@ impl FanoutIndex {
                 tenant,
                 hook_id,
                 patterns,
+                eligible,
+                batch_max,
             } => {
+                let slot = self.slots.entry(hook_id.clone()).or_insert(Slot {
+                    eligible,
+                    batch_max,
+                    last_seq: 0,
+                });
+                slot.eligible = eligible;
+                slot.batch_max = batch_max;
                 let t = self.tenants.entry(tenant).or_default();
                 t.remove(&hook_id);
                 t.insert(hook_id, &patterns);
             }
             IndexChange::Remove { tenant, hook_id } => {
+                self.slots.remove(&hook_id);
                 if let Some(t) = self.tenants.get_mut(&tenant) {
                     t.remove(&hook_id);
                     if t.is_empty() {
@@ -196,12 +228,32 @@ impl FanoutIndex {
         }
     }
 
-    /// Candidate hooks for an event; the publish re-checks each hook's state in SQL.
+    fn advance(&mut self, hook_id: &str, last_seq: i64) {
+        if let Some(slot) = self.slots.get_mut(hook_id) {
+            slot.last_seq = slot.last_seq.max(last_seq);
+        }
+    }
+
+    /// Takes in what a successful op changed.
+    fn absorb(&mut self, fx: &mut Effects) {
+        for change in fx.index.drain(..) {
+            self.apply(change);
+        }
+        for (hook_id, seq) in fx.seqs.drain() {
+            self.advance(&hook_id, seq);
+        }
+    }
+
+    /// Candidate hooks for an event; see [`FanoutIndex::slot`] for which may receive.
     pub fn matching(&self, tenant: &str, event_type: &str) -> Vec<String> {
         self.tenants
             .get(tenant)
             .map(|t| t.matching(event_type))
             .unwrap_or_default()
+    }
+
+    pub fn slot(&self, hook_id: &str) -> Option<Slot> {
+        self.slots.get(hook_id).copied()
     }
 }
 
@@ -212,8 +264,8 @@ pub fn run(
     requests: Receiver<Request>,
     wakeups: Sender<Wakeup>,
 ) {
-    let mut index = match FanoutIndex::load(&conn) {
-        Ok(i) => i,
+    let mut state = match WriterState::new(&conn) {
+        Ok(s) => s,
         Err(e) => {
             log::error!("writer: cannot load hooks: {e}");
             return;
@@ -230,7 +282,7 @@ pub fn run(
             }
         }
         let checkpoint = group.iter().any(|r| matches!(r.op, WriteOp::Checkpoint));
-        let result = commit_group(&mut conn, &mut index, &secrets, &mut group, &wakeups);
+        let result = commit_group(&mut conn, &mut state, &secrets, &mut group, &wakeups);
         // A storage fault (disk full, I/O error) is logged once when it starts and once
         // when it ends, not once per request; callers get 503 meanwhile.
         if result.is_err() {
@@ -262,69 +314,287 @@ pub fn run(
     log::debug!("writer: queue closed, stopping");
 }
 
+/// What the writer keeps in memory between groups.
+struct WriterState {
+    index: FanoutIndex,
+    /// `PRAGMA data_version` when the index was last known to match the file. It
+    /// changes when another connection (the `hookd` CLI) commits; the index is then
+    /// reloaded, so a hook changed from outside is seen at once.
+    data_version: i64,
+}
+
+impl WriterState {
+    fn new(conn: &Connection) -> Result<WriterState, StoreError> {
+        Ok(WriterState {
+            index: FanoutIndex::load(conn)?,
+            data_version: data_version(conn)?,
+        })
+    }
+
+    /// Inside the group's transaction, before any op: catches up with other writers.
+    fn refresh(&mut self, conn: &Connection) -> Result<(), StoreError> {
+        let v = data_version(conn)?;
+        if v != self.data_version {
+            log::debug!("writer: the file was changed by another connection; reloading hooks");
+            self.index = FanoutIndex::load(conn)?;
+            self.data_version = v;
+        }
+        Ok(())
+    }
+}
+
+fn data_version(conn: &Connection) -> Result<i64, StoreError> {
+    conn.prepare_cached("PRAGMA data_version")
+        .and_then(|mut s| s.query_row([], |r| r.get(0)))
+        .ctx("reading the data version")
+}
+
+/// How a group is applied. Most groups have no failing op, and a savepoint per op
+/// costs a statement journal of every page the op touches, so a group first runs
+/// without them. An op that fails without having changed a row needs no rollback; one
+/// that fails after changing rows makes the whole group start again, carefully, with a
+/// savepoint per op so it is rolled back alone.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Optimistic,
+    Careful,
+}
+
+/// The outcome of each op of a group that committed, and what to tell the scheduler.
+struct Applied {
+    results: Vec<Result<WriteOutput, StoreError>>,
+    new_work: Vec<String>,
+    reset: Vec<String>,
+}
+
 fn commit_group(
     conn: &mut Connection,
-    index: &mut FanoutIndex,
+    state: &mut WriterState,
     secrets: &SecretBox,
     group: &mut Vec<Request>,
     wakeups: &Sender<Wakeup>,
 ) -> Result<(), StoreError> {
-    let mut replies = Vec::with_capacity(group.len());
-    let mut results = Vec::with_capacity(group.len());
-    let mut effects = Effects::default();
-    let outcome = (|| -> Result<(), StoreError> {
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .ctx("starting a write transaction")?;
-        // Each op in its own savepoint: one failing op (a conflict, a constraint) is
-        // rolled back alone and the others still commit. Cached statements rather than
-        // rusqlite's `Savepoint`, which parses its SQL anew every time (a fifth of the
-        // writer's CPU as profiled).
-        let run = |sql: &str| tx.prepare_cached(sql).and_then(|mut s| s.execute([]));
-        for Request { op, reply } in group.drain(..) {
-            replies.push(reply);
-            run("SAVEPOINT op").ctx("opening a savepoint")?;
-            let mut op_effects = Effects::default();
-            let result = ops::apply(&tx, index, secrets, op, &mut op_effects);
-            if result.is_ok() {
-                effects.index.append(&mut op_effects.index);
-                effects.new_work.append(&mut op_effects.new_work);
-                effects.reset.append(&mut op_effects.reset);
-            } else {
-                run("ROLLBACK TO op").ctx("rolling back a savepoint")?;
-            }
-            run("RELEASE op").ctx("releasing a savepoint")?;
-            results.push(result);
-        }
-        tx.commit().ctx("committing")
-    })();
+    let (ops, replies): (Vec<WriteOp>, Vec<_>) = group
+        .drain(..)
+        .map(|Request { op, reply }| (op, reply))
+        .unzip();
+    let mut outcome = apply_group(conn, state, secrets, &ops, Mode::Optimistic);
+    if matches!(outcome, Ok(None)) {
+        // Rolled back: the index holds what the abandoned pass applied.
+        outcome = FanoutIndex::load(conn).and_then(|index| {
+            state.index = index;
+            apply_group(conn, state, secrets, &ops, Mode::Careful)
+        });
+    }
     match outcome {
-        Ok(()) => {
-            for change in effects.index {
-                index.apply(change);
-            }
-            for (reply, result) in replies.into_iter().zip(results) {
+        Ok(Some(applied)) => {
+            for (reply, result) in replies.into_iter().zip(applied.results) {
                 let _ = reply.send(result);
             }
-            if !effects.new_work.is_empty() {
-                let _ = wakeups.send(Wakeup::NewWork(effects.new_work));
+            if !applied.new_work.is_empty() {
+                let _ = wakeups.send(Wakeup::NewWork(applied.new_work));
             }
-            if !effects.reset.is_empty() {
-                let _ = wakeups.send(Wakeup::Reset(effects.reset));
+            if !applied.reset.is_empty() {
+                let _ = wakeups.send(Wakeup::Reset(applied.reset));
             }
             Ok(())
         }
+        Ok(None) => unreachable!("a careful pass never asks to start again"),
         Err(e) => {
-            // Nothing in the group is committed: every caller hears so (the requests
-            // not reached yet included), and the index is rebuilt from what is on disk.
-            for reply in replies.into_iter().chain(group.drain(..).map(|r| r.reply)) {
+            // Nothing in the group is committed: every caller hears so, and the index is
+            // rebuilt from what is on disk.
+            for reply in replies {
                 let _ = reply.send(Err(StoreError::Busy));
             }
-            match FanoutIndex::load(conn) {
-                Ok(i) => *index = i,
+            match WriterState::new(conn) {
+                Ok(s) => *state = s,
                 Err(e) => log::debug!("writer: cannot reload hooks: {e}"),
             }
             Err(e)
         }
+    }
+}
+
+/// One pass over the group in one transaction. `Ok(None)`: an optimistic pass met an
+/// op that failed after changing rows; the transaction was rolled back.
+fn apply_group(
+    conn: &mut Connection,
+    state: &mut WriterState,
+    secrets: &SecretBox,
+    ops: &[WriteOp],
+    mode: Mode,
+) -> Result<Option<Applied>, StoreError> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .ctx("starting a write transaction")?;
+    state.refresh(&tx)?;
+    let mut applied = Applied {
+        results: Vec::with_capacity(ops.len()),
+        new_work: Vec::new(),
+        reset: Vec::new(),
+    };
+    // Cached statements rather than rusqlite's `Savepoint`, which parses its SQL anew
+    // every time (a fifth of the writer's CPU as profiled).
+    let run = |sql: &str| tx.prepare_cached(sql).and_then(|mut s| s.execute([]));
+    let mut fx = Effects::default();
+    for op in ops {
+        if mode == Mode::Careful {
+            run("SAVEPOINT op").ctx("opening a savepoint")?;
+        }
+        let before = tx.total_changes();
+        let result = ops::apply(&tx, &state.index, secrets, op, &mut fx);
+        if result.is_ok() {
+            state.index.absorb(&mut fx);
+            applied.new_work.append(&mut fx.new_work);
+            applied.reset.append(&mut fx.reset);
+        } else {
+            fx = Effects::default();
+            if mode == Mode::Careful {
+                run("ROLLBACK TO op").ctx("rolling back a savepoint")?;
+            } else if tx.total_changes() != before {
+                // Dropping `tx` rolls the transaction back.
+                return Ok(None);
+            }
+        }
+        if mode == Mode::Careful {
+            run("RELEASE op").ctx("releasing a savepoint")?;
+        }
+        applied.results.push(result);
+    }
+    tx.commit().ctx("committing")?;
+    Ok(Some(applied))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{HookStatus, PayloadKind};
+    use crate::store::NewEvent;
+
+    fn event(event_type: &str, key: Option<(&str, &[u8])>) -> NewEvent {
+        NewEvent {
+            tenant: "default".into(),
+            event_type: event_type.into(),
+            resource_id: None,
+            data: "null".into(),
+            idempotency: key.map(|(k, h)| (k.to_string(), h.to_vec())),
+        }
+    }
+
+    fn publish(events: Vec<NewEvent>) -> WriteOp {
+        WriteOp::Publish {
+            events,
+            array: true,
+            request_key: None,
+        }
+    }
+
+    /// Runs `ops` as one group, as the writer thread does; returns each op's result.
+    fn group(
+        conn: &mut Connection,
+        state: &mut WriterState,
+        secrets: &SecretBox,
+        ops: Vec<WriteOp>,
+    ) -> Vec<Result<WriteOutput, StoreError>> {
+        let (wakeups, _w) = crossbeam_channel::unbounded();
+        let mut answers = Vec::new();
+        let mut reqs = Vec::new();
+        for op in ops {
+            let (reply, answer) = crossbeam_channel::bounded(1);
+            reqs.push(Request { op, reply });
+            answers.push(answer);
+        }
+        commit_group(conn, state, secrets, &mut reqs, &wakeups).expect("the group commits");
+        answers.into_iter().map(|a| a.recv().unwrap()).collect()
+    }
+
+    /// The optimistic pass meets an op that fails after inserting rows (an array
+    /// publish whose second event reuses an idempotency key): the group starts again
+    /// with savepoints, that op alone is rolled back, the others commit, and the
+    /// hook's sequence has no gap where the failed op's event would have been.
+    #[test]
+    fn an_op_failing_after_writes_is_rolled_back_alone_and_leaves_no_gap() {
+        let dir = std::env::temp_dir().join(format!(
+            "hookd-writer-test-{}-{}",
+            std::process::id(),
+            crate::clock::now_ms()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let opened = super::super::open(&dir.join("w.db"), &dir.join("w.key")).unwrap();
+        let mut conn = opened.writer_conn;
+        let secrets = opened.secrets;
+        let mut state = WriterState::new(&conn).unwrap();
+        let created = group(
+            &mut conn,
+            &mut state,
+            &secrets,
+            vec![WriteOp::CreateHook {
+                hook: NewHook {
+                    id: crate::ids::new_id("hk"),
+                    tenant: "default".into(),
+                    target_url: "http://127.0.0.1:9/".into(),
+                    events: vec!["t.*".into()],
+                    payload: PayloadKind::Full,
+                    batch_max: 1,
+                    status: HookStatus::Active,
+                    verify_code_hash: None,
+                },
+                max_per_tenant: 10,
+            }],
+        );
+        let Ok(WriteOutput::Hook(hook)) = &created[0] else {
+            panic!("creating the hook: {created:?}");
+        };
+        let first = group(
+            &mut conn,
+            &mut state,
+            &secrets,
+            vec![publish(vec![event("t.a", Some(("k", b"one")))])],
+        );
+        assert!(first[0].is_ok(), "{first:?}");
+
+        let results = group(
+            &mut conn,
+            &mut state,
+            &secrets,
+            vec![
+                publish(vec![event("t.x", None)]),
+                publish(vec![
+                    event("t.lost", None),
+                    event("t.b", Some(("k", b"two"))),
+                ]),
+                publish(vec![event("t.y", None)]),
+            ],
+        );
+        assert!(results[0].is_ok(), "{results:?}");
+        assert!(
+            matches!(results[1], Err(StoreError::Conflict(_))),
+            "{results:?}"
+        );
+        assert!(results[2].is_ok(), "{results:?}");
+
+        let rows: Vec<(i64, String)> = conn
+            .prepare(
+                "SELECT d.seq, e.type FROM deliveries d JOIN events e ON e.id = d.event_id
+                 WHERE d.hook_id = ?1 ORDER BY d.seq",
+            )
+            .unwrap()
+            .query_map([&hook.id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let want: Vec<(i64, String)> =
+            vec![(1, "t.a".into()), (2, "t.x".into()), (3, "t.y".into())];
+        assert_eq!(rows, want);
+        let lost: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM events WHERE type = 't.lost'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(lost, 0, "the failed publish's first event was committed");
+        drop(conn);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
