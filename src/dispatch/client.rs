@@ -102,6 +102,11 @@ pub fn agent(timeout: Duration, pool: usize, policy: Policy) -> Agent {
         .timeout_global(Some(timeout))
         .max_idle_connections_per_host(pool)
         .max_idle_connections(pool * 4)
+        // Every pooled connection keeps its buffers (128 KiB each way by default): at
+        // the sizes below a full pool costs a few MB instead of tens. Responses are read
+        // only up to a snippet, and a larger body is written in more than one piece.
+        .input_buffer_size(16 * 1024)
+        .output_buffer_size(32 * 1024)
         .user_agent(format!("hookd/{}", env!("CARGO_PKG_VERSION")))
         .build();
     let resolver = GuardedResolver {

@@ -2,6 +2,7 @@
 //! through the writer, and tells the scheduler when the hook is next due. A failed
 //! delivery is an outcome to record, never an error that unwinds the thread.
 
+use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -16,7 +17,7 @@ use crate::metrics::{DeliveryResult, Metrics};
 use crate::model::{Hook, HookStatus};
 use crate::payload;
 use crate::retry;
-use crate::store::read::OutboxRow;
+use crate::store::read::Queued;
 use crate::store::{AttemptRecord, Reader, Store, StoreError, WriteOp, WriteOutput};
 
 /// After a store error, look at the hook again this much later.
@@ -97,6 +98,11 @@ pub fn run(shared: Shared, reader: Reader, lanes: Lanes, done: Sender<Done>) {
 const JOB_BUDGET: Duration = Duration::from_millis(50);
 /// Most requests one job sends for one hook.
 const JOB_MAX_REQUESTS: usize = 100;
+/// Rows a job reads ahead of what it sends, with their events, so a deep queue costs
+/// one query per this many rows rather than two per request; bounded in bytes too, so
+/// large events are not held in memory by every dispatcher.
+const READ_AHEAD_ROWS: usize = 32;
+const READ_AHEAD_BYTES: usize = 64 * 1024;
 
 /// Sends the hook's due batches in order, one request at a time. A success is recorded
 /// without waiting for its commit, so the next request overlaps the fsync; anything
@@ -115,30 +121,55 @@ fn deliver(
     }
     let started = Instant::now();
     let mut healthy = hook.consecutive_failures == 0;
-    // Rows up to this sequence were sent by this job; their outcomes may not be
-    // committed yet, so the queue is read after them.
+    // The hook's next open rows, read ahead. Only this job sends for this hook, so they
+    // stay valid while it runs, except that a deletion or a retry elsewhere may change
+    // them: a failure ends the job, and every job starts with a fresh read.
+    let mut ahead: VecDeque<Queued> = VecDeque::new();
+    // Rows up to this sequence were read (or sent) by this job; their outcomes may not
+    // be committed yet, so the queue is read after them.
     let mut after = 0;
     let mut uncommitted = None;
     let mut sent = 0;
+    // A batch decision needs the rows it may take and one more (is the head alone?).
+    let need = hook.batch_max as usize + 1;
     let mut next = loop {
-        let rows = reader.open_rows(hook_id, after, hook.batch_max.max(2))?;
-        let Some(head) = rows.first() else {
+        if ahead.len() < need {
+            let more = reader.queued(
+                hook_id,
+                after,
+                need - ahead.len(),
+                READ_AHEAD_ROWS.max(need),
+                READ_AHEAD_BYTES,
+            )?;
+            if let Some(last) = more.last() {
+                after = last.row.seq;
+            }
+            ahead.extend(more);
+        }
+        let Some(head) = ahead.front() else {
             break None;
         };
-        let head_due = head.next_attempt_at.unwrap_or(0);
+        let head_due = head.row.next_attempt_at.unwrap_or(0);
         if head_due > now_ms() {
             break Some(head_due);
         }
         if sent >= JOB_MAX_REQUESTS || started.elapsed() >= JOB_BUDGET {
             break Some(now_ms());
         }
-        let (batch_id, batch) = claim(shared, reader, &rows, hook.batch_max)?;
-        let Some(last) = batch.last() else {
+        let batch = match claim(shared, reader, ahead.make_contiguous(), hook.batch_max)? {
+            Claimed::Head(n) => ahead.drain(..n).collect::<Vec<_>>(),
+            Claimed::Reread(batch) => {
+                // Read from the database: what was read ahead may be stale.
+                ahead.clear();
+                after = batch.last().map_or(after, |q| q.row.seq);
+                batch
+            }
+        };
+        let Some(batch_id) = batch.first().and_then(|q| q.row.batch_id.clone()) else {
             // Changed under us (cancelled, delivered by a retry): look again.
             break Some(now_ms());
         };
-        let last_seq = last.seq;
-        let (record, verdict) = attempt(shared, reader, &hook, batch_id, &batch)?;
+        let (record, verdict) = attempt(shared, &hook, batch_id, &batch);
         sent += 1;
         healthy = !verdict.is_failure();
         let delivered = verdict == retry::Verdict::Delivered;
@@ -150,7 +181,6 @@ fn deliver(
         };
         if delivered {
             uncommitted = Some(shared.store.submit(op)?);
-            after = last_seq;
             continue;
         }
         // Sent after every earlier outcome, so waiting for it waits for them too.
@@ -179,15 +209,12 @@ fn deliver(
 /// One request: builds, signs and sends the batch, and decides what follows.
 fn attempt(
     shared: &Shared,
-    reader: &Reader,
     hook: &Hook,
     batch_id: String,
-    batch: &[OutboxRow],
-) -> Result<(AttemptRecord, retry::Verdict), StoreError> {
-    let event_ids: Vec<String> = batch.iter().map(|r| r.event_id.clone()).collect();
-    let events = reader.events_by_ids(&event_ids)?;
+    batch: &[Queued],
+) -> (AttemptRecord, retry::Verdict) {
     let numbered: Vec<(i64, &crate::model::Event)> =
-        batch.iter().map(|r| r.seq).zip(events.iter()).collect();
+        batch.iter().map(|q| (q.row.seq, &q.event)).collect();
     let body = payload::build(hook, &numbered);
 
     let timestamp = now_ms() / 1000;
@@ -199,7 +226,7 @@ fn attempt(
         ("webhook-signature", signature),
     ];
     let result = client::send(&shared.agent, &hook.target_url, &headers, &body);
-    let attempts = batch[0].attempts + 1;
+    let attempts = batch[0].row.attempts + 1;
     let verdict = retry::decide(
         &shared.schedule,
         attempts,
@@ -224,9 +251,9 @@ fn attempt(
     });
     if verdict == retry::Verdict::Delivered {
         let now = now_ms();
-        for e in &events {
+        for q in batch {
             m.publish_to_delivery
-                .observe((now - e.created_at) as f64 / 1000.0);
+                .observe((now - q.event.created_at) as f64 / 1000.0);
         }
     }
     let record = AttemptRecord {
@@ -235,53 +262,69 @@ fn attempt(
         attempt: result.attempt,
         verdict,
     };
-    Ok((record, verdict))
+    (record, verdict)
 }
 
-/// The rows that go out together, and their batch id. `rows` are the hook's first open
-/// rows, at least two of them when there are. A head that was sent before keeps its
-/// batch (more than itself only if the next open row shares it: a batch is consecutive);
-/// otherwise up to `batch_max` never-sent rows at the head are claimed as one.
+/// Which rows go out together.
+enum Claimed {
+    /// The first `n` rows read ahead, their batch id set.
+    Head(usize),
+    /// The batch as the database holds it now (its rows changed under us, or it was
+    /// formed by an earlier job); empty when none of it is open any more.
+    Reread(Vec<Queued>),
+}
+
+/// Picks the rows that go out together. `rows` are the hook's first open rows, at
+/// least `batch_max + 1` of them when there are. A head that was sent before keeps its
+/// batch (more than itself only if the next open row shares it: a batch is
+/// consecutive); otherwise up to `batch_max` never-sent rows at the head are claimed
+/// as one batch, named after the head, before they are first sent.
 fn claim(
     shared: &Shared,
     reader: &Reader,
-    rows: &[OutboxRow],
+    rows: &mut [Queued],
     batch_max: u32,
-) -> Result<(String, Vec<OutboxRow>), StoreError> {
-    let head = &rows[0];
+) -> Result<Claimed, StoreError> {
+    let head = &rows[0].row;
     if let Some(batch_id) = &head.batch_id {
         let alone = rows
             .get(1)
-            .is_none_or(|next| next.batch_id.as_ref() != Some(batch_id));
-        let batch = if alone {
-            vec![head.clone()]
-        } else {
-            reader.batch_rows(batch_id)?
-        };
-        return Ok((batch_id.clone(), batch));
+            .is_none_or(|next| next.row.batch_id.as_ref() != Some(batch_id));
+        if alone {
+            return Ok(Claimed::Head(1));
+        }
+        return reread(reader, batch_id);
     }
-    let fresh: Vec<OutboxRow> = rows
+    let fresh = rows
         .iter()
-        .take_while(|r| r.batch_id.is_none())
+        .take_while(|q| q.row.batch_id.is_none())
         .take(batch_max as usize)
-        .cloned()
-        .collect();
+        .count();
+    let batch_id = head.id.clone();
     let claimed = shared.store.internal(WriteOp::ClaimBatch {
-        batch_id: head.id.clone(),
-        ids: fresh.iter().map(|r| r.id.clone()).collect(),
+        batch_id: batch_id.clone(),
+        ids: rows[..fresh].iter().map(|q| q.row.id.clone()).collect(),
     })?;
-    if matches!(claimed, WriteOutput::Count(n) if n == fresh.len() as u64) {
-        let batch = fresh
-            .into_iter()
-            .map(|r| OutboxRow {
-                batch_id: Some(head.id.clone()),
-                ..r
-            })
-            .collect();
-        return Ok((head.id.clone(), batch));
+    if matches!(claimed, WriteOutput::Count(n) if n == fresh as u64) {
+        for q in &mut rows[..fresh] {
+            q.row.batch_id = Some(batch_id.clone());
+        }
+        return Ok(Claimed::Head(fresh));
     }
     // Some rows changed under us (cancelled, retried): take what the batch really holds.
-    Ok((head.id.clone(), reader.batch_rows(&head.id)?))
+    reread(reader, &batch_id)
+}
+
+fn reread(reader: &Reader, batch_id: &str) -> Result<Claimed, StoreError> {
+    let rows = reader.batch_rows(batch_id)?;
+    let ids: Vec<String> = rows.iter().map(|r| r.event_id.clone()).collect();
+    let events = reader.events_by_ids(&ids)?;
+    Ok(Claimed::Reread(
+        rows.into_iter()
+            .zip(events)
+            .map(|(row, event)| Queued { row, event })
+            .collect(),
+    ))
 }
 
 fn jitter() -> f64 {

@@ -84,6 +84,13 @@ pub struct OutboxRow {
     pub next_attempt_at: Option<Millis>,
 }
 
+/// An open row with its event.
+#[derive(Debug, Clone)]
+pub struct Queued {
+    pub row: OutboxRow,
+    pub event: Event,
+}
+
 fn outbox_from_row(r: &Row) -> rusqlite::Result<OutboxRow> {
     Ok(OutboxRow {
         id: r.get(0)?,
@@ -314,25 +321,53 @@ impl Reader {
         rows.collect::<Result<_, _>>().ctx("reading attempts")
     }
 
-    /// The hook's oldest undelivered rows after sequence `after`, in sequence order.
-    pub fn open_rows(
+    /// The hook's oldest undelivered rows after sequence `after`, in sequence order,
+    /// each with its event: what a dispatcher sends, in one query. At least `min` rows
+    /// when there are that many; then more, up to `max`, while the events' data stays
+    /// under `max_bytes` (rows are stepped lazily, so the rest is never read).
+    pub fn queued(
         &self,
         hook_id: &str,
         after: i64,
-        limit: u32,
-    ) -> Result<Vec<OutboxRow>, StoreError> {
+        min: usize,
+        max: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Queued>, StoreError> {
+        // CROSS JOIN keeps the hook's queue (the partial index) as the outer loop.
         let mut stmt = self
             .conn
             .prepare_cached(
-                "SELECT id, seq, event_id, batch_id, attempts, next_attempt_at FROM deliveries
-                 WHERE hook_id = ?1 AND status IN ('pending', 'failed') AND seq > ?2
-                 ORDER BY seq LIMIT ?3",
+                "SELECT d.id, d.seq, d.event_id, d.batch_id, d.attempts, d.next_attempt_at,
+                        e.id, e.tenant, e.type, e.resource_id, e.data, e.created_at
+                 FROM deliveries d CROSS JOIN events e ON e.id = d.event_id
+                 WHERE d.hook_id = ?1 AND d.status IN ('pending', 'failed') AND d.seq > ?2
+                 ORDER BY d.seq LIMIT ?3",
             )
             .ctx("reading a hook's queue")?;
-        let rows = stmt
-            .query_map(params![hook_id, after, limit], outbox_from_row)
+        let mut rows = stmt
+            .query(params![hook_id, after, max as i64])
             .ctx("reading a hook's queue")?;
-        rows.collect::<Result<_, _>>().ctx("reading a hook's queue")
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        while let Some(r) = rows.next().ctx("reading a hook's queue")? {
+            let q = Queued {
+                row: outbox_from_row(r).ctx("reading a hook's queue")?,
+                event: Event {
+                    id: r.get(6).ctx("reading an event")?,
+                    tenant: r.get(7).ctx("reading an event")?,
+                    event_type: r.get(8).ctx("reading an event")?,
+                    resource_id: r.get(9).ctx("reading an event")?,
+                    data: r.get(10).ctx("reading an event")?,
+                    created_at: r.get(11).ctx("reading an event")?,
+                },
+            };
+            bytes += q.event.data.len();
+            out.push(q);
+            if out.len() >= min && bytes >= max_bytes {
+                break;
+            }
+        }
+        Ok(out)
     }
 
     /// The still-open rows of one batch, in sequence order.
