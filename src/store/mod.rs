@@ -6,6 +6,7 @@
 pub mod fill;
 mod ops;
 pub mod read;
+pub mod reply;
 pub mod writer;
 
 use std::fs::File;
@@ -13,7 +14,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crossbeam_channel::{bounded, Receiver, Sender};
+use crossbeam_channel::Sender;
+
+use reply::ReplyReceiver;
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
 use crate::model::{ApiKey, PayloadKind, Role};
@@ -446,7 +449,7 @@ impl Store {
         op: WriteOp,
         wait_for_room: Option<Duration>,
     ) -> Result<WriteOutput, StoreError> {
-        let (reply, result) = bounded(1);
+        let (reply, result) = reply::oneshot();
         let request = writer::Request { op, reply };
         match wait_for_room {
             Some(t) => self
@@ -455,7 +458,7 @@ impl Store {
                 .map_err(|_| StoreError::Busy)?,
             None => self.tx.send(request).map_err(|_| StoreError::Busy)?,
         }
-        result.recv().map_err(|_| StoreError::Busy)?
+        result.recv().ok_or(StoreError::Busy)?
     }
 
     /// For API requests: gives up with `Busy` when the writer's queue stays full.
@@ -473,8 +476,8 @@ impl Store {
     pub fn submit(
         &self,
         op: WriteOp,
-    ) -> Result<Receiver<Result<WriteOutput, StoreError>>, StoreError> {
-        let (reply, result) = bounded(1);
+    ) -> Result<ReplyReceiver<Result<WriteOutput, StoreError>>, StoreError> {
+        let (reply, result) = reply::oneshot();
         self.tx
             .send(writer::Request { op, reply })
             .map_err(|_| StoreError::Busy)?;

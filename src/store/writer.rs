@@ -12,6 +12,7 @@ use std::sync::Arc;
 use crossbeam_channel::{Receiver, Sender};
 use rusqlite::{Connection, TransactionBehavior};
 
+use super::reply::ReplySender;
 use super::{ops, AttemptRecord, Context, HookPatch, NewEvent, NewHook, StoreError};
 use crate::clock::Millis;
 use crate::model::{ApiKey, Hook, Role};
@@ -132,7 +133,7 @@ pub enum Wakeup {
 
 pub struct Request {
     pub op: WriteOp,
-    pub reply: Sender<Result<WriteOutput, StoreError>>,
+    pub reply: ReplySender<Result<WriteOutput, StoreError>>,
 }
 
 /// Side effects of an applied op. Index changes and sequence numbers take effect in
@@ -290,7 +291,7 @@ pub fn run(
             // queued up meanwhile would only wait as long again, one group after
             // another: it is answered now, so callers hear 503 within one timeout.
             while let Ok(r) = requests.try_recv() {
-                let _ = r.reply.send(Err(StoreError::Busy));
+                r.reply.send(Err(StoreError::Busy));
             }
         }
         match (result, failing) {
@@ -389,7 +390,7 @@ fn commit_group(
     match outcome {
         Ok(Some(applied)) => {
             for (reply, result) in replies.into_iter().zip(applied.results) {
-                let _ = reply.send(result);
+                reply.send(result);
             }
             if !applied.new_work.is_empty() {
                 let _ = wakeups.send(Wakeup::NewWork(applied.new_work));
@@ -404,7 +405,7 @@ fn commit_group(
             // Nothing in the group is committed: every caller hears so, and the index is
             // rebuilt from what is on disk.
             for reply in replies {
-                let _ = reply.send(Err(StoreError::Busy));
+                reply.send(Err(StoreError::Busy));
             }
             match WriterState::new(conn) {
                 Ok(s) => *state = s,
@@ -500,7 +501,7 @@ mod tests {
         let mut answers = Vec::new();
         let mut reqs = Vec::new();
         for op in ops {
-            let (reply, answer) = crossbeam_channel::bounded(1);
+            let (reply, answer) = super::super::reply::oneshot();
             reqs.push(Request { op, reply });
             answers.push(answer);
         }
