@@ -34,7 +34,7 @@ CREATE TABLE hooks (
     previous_until       INTEGER,
     pending_target_url   TEXT,            -- a new URL waiting for its handshake
     verify_code_hash     BLOB,            -- SHA-256 of the outstanding handshake code
-    last_seq             INTEGER NOT NULL DEFAULT 0,  -- the sequence given to its last event
+    last_seq             INTEGER NOT NULL DEFAULT 0,  -- floor of the sequence, kept by retention (the writer counts in memory)
     consecutive_failures INTEGER NOT NULL DEFAULT 0,
     created_at           INTEGER NOT NULL,
     updated_at           INTEGER NOT NULL,

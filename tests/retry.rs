@@ -198,6 +198,31 @@ fn failing_hook_becomes_inactive_holds_events_and_resumes_on_activate() {
     hookd.wait_hook(&hook.id, "active", |r| r.body["status"] == "active");
 }
 
+/// A success sets the hook's failure count back to 0: two rounds of two failures each,
+/// with a success between them, never reach `--disable-after 3`.
+#[test]
+fn a_success_resets_the_failure_count_that_disables_a_hook() {
+    let hookd = Hookd::options()
+        .schedule("50ms,50ms,50ms")
+        .disable_after(3)
+        .start();
+    let sink = Sink::start();
+    let hook = hookd.hook(&sink.url("/r"), "r.*");
+    for (n, resource) in ["1", "2"].into_iter().enumerate() {
+        sink.script([500, 500]);
+        let e = hookd.publish("r.event", resource, json!(null));
+        hookd.wait_delivery(&hook.id, &e, "delivered");
+        assert_eq!(sink.count(), 3 * (n + 1), "attempts after round {n}");
+    }
+    let shown = hookd
+        .get(&hookd.admin, &format!("/v1/hooks/{}", hook.id))
+        .expect(200);
+    assert_eq!(
+        shown["status"], "active",
+        "after two separate rounds of 2 failures: {shown}"
+    );
+}
+
 #[test]
 fn manual_retry_resends_a_dead_delivery_and_replay_requeues_dead_ones_since() {
     let hookd = Hookd::options().schedule("50ms").start();

@@ -1439,7 +1439,11 @@ fn settle(conn: &mut Conn, limit: Duration) -> Result<(), String> {
         match (status, pending) {
             (200, Some(p)) if p == 0.0 => return Ok(()),
             (200, Some(_)) => {}
-            _ => return Err(format!("/metrics answered {status} without the outbox gauge")),
+            _ => {
+                return Err(format!(
+                    "/metrics answered {status} without the outbox gauge"
+                ))
+            }
         }
         if Instant::now() >= deadline {
             return Err(format!("deliveries still pending after {limit:?}"));

@@ -169,7 +169,8 @@ fn deliver(
             // Changed under us (cancelled, delivered by a retry): look again.
             break Some(now_ms());
         };
-        let (record, verdict) = attempt(shared, &hook, batch_id, &batch);
+        // `healthy` is false only before this job's first success (a failure ends it).
+        let (record, verdict) = attempt(shared, &hook, batch_id, &batch, !healthy);
         sent += 1;
         healthy = !verdict.is_failure();
         let delivered = verdict == retry::Verdict::Delivered;
@@ -212,6 +213,7 @@ fn attempt(
     hook: &Hook,
     batch_id: String,
     batch: &[Queued],
+    after_failures: bool,
 ) -> (AttemptRecord, retry::Verdict) {
     let numbered: Vec<(i64, &crate::model::Event)> =
         batch.iter().map(|q| (q.row.seq, &q.event)).collect();
@@ -261,6 +263,7 @@ fn attempt(
         batch_id,
         attempt: result.attempt,
         verdict,
+        after_failures,
     };
     (record, verdict)
 }

@@ -424,6 +424,9 @@ pub struct AttemptRecord {
     pub batch_id: String,
     pub attempt: crate::model::Attempt,
     pub verdict: Verdict,
+    /// The hook had failed attempts before this one: a success sets its count back to 0.
+    /// (Only one dispatcher sends for a hook, so it knows; the write is skipped otherwise.)
+    pub after_failures: bool,
 }
 
 /// Handle to the writer, cloned into every thread that writes.

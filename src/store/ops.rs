@@ -657,7 +657,7 @@ fn record_attempt(
                 record.hook_id
             );
         }
-    } else {
+    } else if record.after_failures {
         conn.prepare_cached(
             "UPDATE hooks SET consecutive_failures = 0 WHERE id = ?1 AND consecutive_failures > 0",
         )
