@@ -1435,9 +1435,9 @@ fn settle(conn: &mut Conn, limit: Duration) -> Result<(), String> {
         let pending = text
             .lines()
             .find_map(|l| l.strip_prefix("hookd_outbox_pending "))
-            .and_then(|v| v.trim().parse::<f64>().ok());
+            .and_then(|v| v.trim().parse::<u64>().ok());
         match (status, pending) {
-            (200, Some(p)) if p == 0.0 => return Ok(()),
+            (200, Some(0)) => return Ok(()),
             (200, Some(_)) => {}
             _ => {
                 return Err(format!(
