@@ -429,6 +429,8 @@ fn hooks_are_listed_shown_and_deleted_and_the_database_backed_up() {
         published["deliveries"], 1,
         "after `hooks delete` by the CLI: {published}"
     );
+    // Delivered before `stats` counts the backlog.
+    hookd.wait_delivery(&a.id, published["id"].as_str().unwrap(), "delivered");
 
     let stats = cli(&hookd, &["stats"], true).json();
     assert_eq!(stats["hooks"]["active"], 1, "{stats}");
