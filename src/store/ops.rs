@@ -492,6 +492,11 @@ fn publish(
     }
     let mut inserted = 0;
     let mut results = Vec::with_capacity(events.len());
+    let mut rows = PublishRows {
+        now: now_ms(),
+        events: Vec::with_capacity(events.len()),
+        deliveries: Vec::new(),
+    };
     for event in events {
         let field_key = event
             .idempotency
@@ -503,7 +508,7 @@ fn publish(
                 continue;
             }
         }
-        let (id, n) = insert_event(conn, index, event, fx)?;
+        let (id, n) = fan_out(index, event, &mut rows, fx);
         inserted += 1;
         let result = json!({"id": id, "deliveries": n});
         if let Some((key, hash)) = &field_key {
@@ -511,6 +516,7 @@ fn publish(
         }
         results.push(result);
     }
+    insert_rows(conn, &rows)?;
     let body = if array {
         serde_json::Value::Array(results).to_string()
     } else {
@@ -522,30 +528,35 @@ fn publish(
     Ok((body, inserted))
 }
 
-/// Inserts one event and its fan-out; returns its id and how many hooks it matched.
-fn insert_event(
-    conn: &Connection,
+/// The rows one publish adds, inserted together at its end: a multi-row INSERT sets up
+/// a statement and its cursors (a table and its indexes) once per chunk instead of
+/// once per row.
+struct PublishRows<'a> {
+    now: Millis,
+    events: Vec<(String, &'a NewEvent)>,
+    deliveries: Vec<DeliveryRow>,
+}
+
+struct DeliveryRow {
+    id: String,
+    hook_id: String,
+    seq: i64,
+    /// Index into `PublishRows::events`.
+    event: usize,
+    /// `batch_max` 1: the row is its own batch from the start.
+    own_batch: bool,
+}
+
+/// Numbers an event and its fan-out; returns its id and how many hooks it matched.
+fn fan_out<'a>(
     index: &FanoutIndex,
-    event: &NewEvent,
+    event: &'a NewEvent,
+    rows: &mut PublishRows<'a>,
     fx: &mut Effects,
-) -> Result<(String, u64), StoreError> {
-    let now = now_ms();
+) -> (String, u64) {
     let id = new_id("evt");
-    conn.prepare_cached(
-        "INSERT INTO events (id, tenant, type, resource_id, data, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-    )
-    .and_then(|mut s| {
-        s.execute(params![
-            id,
-            event.tenant,
-            event.event_type,
-            event.resource_id,
-            event.data,
-            now
-        ])
-    })
-    .ctx("inserting an event")?;
+    let event_index = rows.events.len();
+    rows.events.push((id.clone(), event));
     let mut matched = 0;
     for hook_id in index.matching(&event.tenant, &event.event_type) {
         // The index knows which hooks may receive (not pending, not deleted) and their
@@ -557,21 +568,102 @@ fn insert_event(
             continue;
         }
         let seq = fx.seqs.get(&hook_id).copied().unwrap_or(slot.last_seq) + 1;
-        let dlv = new_id("dlv");
-        // A hook that sends one event per request has its batch fixed at once.
-        let batch_id = (slot.batch_max == 1).then_some(dlv.as_str());
-        conn.prepare_cached(
-            "INSERT INTO deliveries (id, hook_id, seq, event_id, batch_id, status, attempts,
-                                     next_attempt_at, created_at, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, 'pending', 0, ?6, ?6, ?6)",
-        )
-        .and_then(|mut s| s.execute(params![dlv, hook_id, seq, id, batch_id, now]))
-        .ctx("inserting a delivery")?;
-        matched += 1;
         fx.seqs.insert(hook_id.clone(), seq);
+        rows.deliveries.push(DeliveryRow {
+            id: new_id("dlv"),
+            hook_id: hook_id.clone(),
+            seq,
+            event: event_index,
+            own_batch: slot.batch_max == 1,
+        });
+        matched += 1;
         fx.new_work.push(hook_id);
     }
-    Ok((id, matched))
+    (id, matched)
+}
+
+/// Statement sizes for multi-row inserts: a few fixed ones, so the statement cache holds
+/// four statements per table rather than one per row count.
+const CHUNKS: [usize; 4] = [64, 16, 4, 1];
+
+/// `INSERT … VALUES tuple, tuple, …` with `n` tuples.
+fn values_sql(head: &str, tuple: &str, n: usize) -> String {
+    let mut sql = String::with_capacity(head.len() + n * (tuple.len() + 1));
+    sql.push_str(head);
+    for i in 0..n {
+        if i > 0 {
+            sql.push(',');
+        }
+        sql.push_str(tuple);
+    }
+    sql
+}
+
+/// Splits `len` rows into runs of the sizes in [`CHUNKS`].
+fn chunk_sizes(mut len: usize) -> impl Iterator<Item = usize> {
+    std::iter::from_fn(move || {
+        let n = CHUNKS.into_iter().find(|c| *c <= len)?;
+        len -= n;
+        Some(n)
+    })
+}
+
+fn insert_rows(conn: &Connection, rows: &PublishRows) -> Result<(), StoreError> {
+    let now = &rows.now;
+    let mut start = 0;
+    for n in chunk_sizes(rows.events.len()) {
+        let sql = values_sql(
+            "INSERT INTO events (id, tenant, type, resource_id, data, created_at) VALUES ",
+            "(?, ?, ?, ?, ?, ?)",
+            n,
+        );
+        let mut values: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(n * 6);
+        for (id, e) in &rows.events[start..start + n] {
+            values.extend([
+                id as &dyn rusqlite::ToSql,
+                &e.tenant,
+                &e.event_type,
+                &e.resource_id,
+                &e.data,
+                now,
+            ]);
+        }
+        conn.prepare_cached(&sql)
+            .and_then(|mut s| s.execute(&*values))
+            .ctx("inserting events")?;
+        start += n;
+    }
+    let mut start = 0;
+    for n in chunk_sizes(rows.deliveries.len()) {
+        let sql = values_sql(
+            "INSERT INTO deliveries (id, hook_id, seq, event_id, batch_id, status, attempts,
+                                     next_attempt_at, created_at, updated_at) VALUES ",
+            "(?, ?, ?, ?, ?, 'pending', 0, ?, ?, ?)",
+            n,
+        );
+        let batch_ids: Vec<Option<&String>> = rows.deliveries[start..start + n]
+            .iter()
+            .map(|d| d.own_batch.then_some(&d.id))
+            .collect();
+        let mut values: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(n * 8);
+        for (d, batch_id) in rows.deliveries[start..start + n].iter().zip(&batch_ids) {
+            values.extend([
+                &d.id as &dyn rusqlite::ToSql,
+                &d.hook_id,
+                &d.seq,
+                &rows.events[d.event].0,
+                batch_id,
+                now,
+                now,
+                now,
+            ]);
+        }
+        conn.prepare_cached(&sql)
+            .and_then(|mut s| s.execute(&*values))
+            .ctx("inserting deliveries")?;
+        start += n;
+    }
+    Ok(())
 }
 
 fn claim_batch(conn: &Connection, batch_id: &str, ids: &[String]) -> Result<u64, StoreError> {

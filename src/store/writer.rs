@@ -509,8 +509,9 @@ mod tests {
         answers.into_iter().map(|a| a.recv().unwrap()).collect()
     }
 
-    /// The optimistic pass meets an op that fails after inserting rows (an array
-    /// publish whose second event reuses an idempotency key): the group starts again
+    /// The optimistic pass meets an op that fails after writing rows (an array publish
+    /// whose first event stores its idempotency key and whose second event reuses a
+    /// key taken by another request): the group starts again
     /// with savepoints, that op alone is rolled back, the others commit, and the
     /// hook's sequence has no gap where the failed op's event would have been.
     #[test]
@@ -560,8 +561,10 @@ mod tests {
             &secrets,
             vec![
                 publish(vec![event("t.x", None)]),
+                // Its first event's key is stored (a write) before the second's key
+                // turns out to be taken.
                 publish(vec![
-                    event("t.lost", None),
+                    event("t.lost", Some(("fresh", b"x"))),
                     event("t.b", Some(("k", b"two"))),
                 ]),
                 publish(vec![event("t.y", None)]),
@@ -595,6 +598,17 @@ mod tests {
             )
             .unwrap();
         assert_eq!(lost, 0, "the failed publish's first event was committed");
+        let kept: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM idempotency WHERE key = 'event:fresh'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(
+            kept, 0,
+            "the failed publish's idempotency key was committed"
+        );
         drop(conn);
         let _ = std::fs::remove_dir_all(&dir);
     }
