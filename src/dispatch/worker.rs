@@ -156,7 +156,7 @@ fn deliver(
         if sent >= JOB_MAX_REQUESTS || started.elapsed() >= JOB_BUDGET {
             break Some(now_ms());
         }
-        let batch = match claim(shared, reader, ahead.make_contiguous(), hook.batch_max)? {
+        let batch = match claim(shared, reader, hook_id, ahead.make_contiguous(), hook.batch_max)? {
             Claimed::Head(n) => ahead.drain(..n).collect::<Vec<_>>(),
             Claimed::Reread(batch) => {
                 // Read from the database: what was read ahead may be stale.
@@ -285,6 +285,7 @@ enum Claimed {
 fn claim(
     shared: &Shared,
     reader: &Reader,
+    hook_id: &str,
     rows: &mut [Queued],
     batch_max: u32,
 ) -> Result<Claimed, StoreError> {
@@ -304,9 +305,13 @@ fn claim(
         .take(batch_max as usize)
         .count();
     let batch_id = head.id.clone();
+    // The fresh rows are the hook's open rows between these two numbers: new rows get
+    // higher numbers, and a row opened again by a retry was sent before (it has a
+    // batch). If the count still differs, the batch is read back as it was claimed.
     let claimed = shared.store.internal(WriteOp::ClaimBatch {
+        hook_id: hook_id.to_string(),
         batch_id: batch_id.clone(),
-        ids: rows[..fresh].iter().map(|q| q.row.id.clone()).collect(),
+        seqs: (head.seq, rows[fresh - 1].row.seq),
     })?;
     if matches!(claimed, WriteOutput::Count(n) if n == fresh as u64) {
         for q in &mut rows[..fresh] {

@@ -65,9 +65,11 @@ pub(super) fn apply(
             request_key,
         } => publish(conn, index, events, *array, request_key.as_ref(), fx)
             .map(|(body, stored)| WriteOutput::Published { body, stored }),
-        WriteOp::ClaimBatch { batch_id, ids } => {
-            claim_batch(conn, batch_id, ids).map(WriteOutput::Count)
-        }
+        WriteOp::ClaimBatch {
+            hook_id,
+            batch_id,
+            seqs,
+        } => claim_batch(conn, hook_id, batch_id, *seqs).map(WriteOutput::Count),
         WriteOp::RecordAttempt {
             record,
             disable_after,
@@ -666,20 +668,21 @@ fn insert_rows(conn: &Connection, rows: &PublishRows) -> Result<(), StoreError> 
     Ok(())
 }
 
-fn claim_batch(conn: &Connection, batch_id: &str, ids: &[String]) -> Result<u64, StoreError> {
-    let mut stmt = conn
-        .prepare_cached(
-            "UPDATE deliveries SET batch_id = ?1
-             WHERE id = ?2 AND batch_id IS NULL AND status IN ('pending', 'failed')",
-        )
-        .ctx("preparing a batch claim")?;
-    let mut n = 0;
-    for id in ids {
-        n += stmt
-            .execute(params![batch_id, id])
-            .ctx("claiming a batch")? as u64;
-    }
-    Ok(n)
+/// One statement for the whole batch (through `UNIQUE (hook_id, seq)`), not one per row.
+fn claim_batch(
+    conn: &Connection,
+    hook_id: &str,
+    batch_id: &str,
+    (first, last): (i64, i64),
+) -> Result<u64, StoreError> {
+    conn.prepare_cached(
+        "UPDATE deliveries SET batch_id = ?2
+         WHERE hook_id = ?1 AND seq BETWEEN ?3 AND ?4
+           AND batch_id IS NULL AND status IN ('pending', 'failed')",
+    )
+    .and_then(|mut s| s.execute(params![hook_id, batch_id, first, last]))
+    .ctx("claiming a batch")
+    .map(|n| n as u64)
 }
 
 fn record_attempt(

@@ -74,10 +74,13 @@ pub enum WriteOp {
         array: bool,
         request_key: Option<(String, Vec<u8>)>,
     },
-    /// Gives never-sent rows `ids` the batch id `batch_id` before they go out together.
+    /// Gives the hook's never-sent open rows with sequence numbers in `seqs` (both
+    /// ends included) the batch id `batch_id` before they go out together; answers how
+    /// many it gave it to.
     ClaimBatch {
+        hook_id: String,
         batch_id: String,
-        ids: Vec<String>,
+        seqs: (i64, i64),
     },
     /// `want_next`: answer when the hook's next delivery is due (a query the
     /// dispatcher skips for successes it does not wait for).
