@@ -156,7 +156,13 @@ fn deliver(
         if sent >= JOB_MAX_REQUESTS || started.elapsed() >= JOB_BUDGET {
             break Some(now_ms());
         }
-        let batch = match claim(shared, reader, hook_id, ahead.make_contiguous(), hook.batch_max)? {
+        let batch = match claim(
+            shared,
+            reader,
+            hook_id,
+            ahead.make_contiguous(),
+            hook.batch_max,
+        )? {
             Claimed::Head(n) => ahead.drain(..n).collect::<Vec<_>>(),
             Claimed::Reread(batch) => {
                 // Read from the database: what was read ahead may be stale.
