@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use rusqlite::{params, Connection};
 
-use super::{lock_path, Context, StoreError, SCHEMA_VERSION};
+use super::{take_lock, Context, StoreError, SCHEMA_VERSION};
 use crate::clock::now_ms;
 
 /// Rows per transaction: big enough that commits cost nothing, small enough that a
@@ -76,20 +76,7 @@ pub fn fill_delivered(
             db_path.display()
         )));
     }
-    let lock_file = lock_path(db_path);
-    let lock = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_file)
-        .map_err(|e| StoreError::Open(format!("cannot open {}: {e}", lock_file.display())))?;
-    if lock.try_lock().is_err() {
-        return Err(StoreError::Open(format!(
-            "{} is in use by a hookd process (lock {} is held): stop it before filling",
-            db_path.display(),
-            lock_file.display()
-        )));
-    }
+    let lock = take_lock(db_path, ": stop it before filling")?;
     let mut conn = Connection::open(db_path)
         .map_err(|e| StoreError::Open(format!("cannot open {}: {e}", db_path.display())))?;
     let version: i64 = conn

@@ -93,20 +93,7 @@ pub struct Opened {
 /// Opens (creating when missing) the database, takes the process lock, sets the pragmas
 /// and brings the schema up to date.
 pub fn open(path: &Path, key_file: &Path) -> Result<Opened, StoreError> {
-    let lock_path = lock_path(path);
-    let lock = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(|e| StoreError::Open(format!("cannot open {}: {e}", lock_path.display())))?;
-    if lock.try_lock().is_err() {
-        return Err(StoreError::Open(format!(
-            "{} is in use by another hookd process (lock {} is held)",
-            path.display(),
-            lock_path.display()
-        )));
-    }
+    let lock = take_lock(path, "")?;
     let mut conn = Connection::open(path)
         .map_err(|e| StoreError::Open(format!("cannot open {}: {e}", path.display())))?;
     // Refuse a foreign file before changing anything in it (journal mode included).
@@ -121,6 +108,26 @@ pub fn open(path: &Path, key_file: &Path) -> Result<Opened, StoreError> {
         secrets,
         lock,
     })
+}
+
+/// Takes the process lock of `db` (`<db>.lock`), or says who holds it; `advice` ends
+/// the message.
+pub(crate) fn take_lock(db: &Path, advice: &str) -> Result<File, StoreError> {
+    let lock_path = lock_path(db);
+    let lock = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| StoreError::Open(format!("cannot open {}: {e}", lock_path.display())))?;
+    if lock.try_lock().is_err() {
+        return Err(StoreError::Open(format!(
+            "{} is in use by another hookd process (lock {} is held){advice}",
+            db.display(),
+            lock_path.display()
+        )));
+    }
+    Ok(lock)
 }
 
 fn lock_path(db: &Path) -> PathBuf {
