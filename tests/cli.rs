@@ -69,6 +69,27 @@ impl Run {
             .collect();
         (columns, rows)
     }
+
+    /// `table`, checked to start with the column `want[0]` and to hold every other
+    /// column in `want`.
+    #[track_caller]
+    fn table_with(&self, want: &[&str]) -> (Vec<String>, Vec<Vec<String>>) {
+        let (columns, rows) = self.table();
+        assert_eq!(
+            columns.first().map(String::as_str),
+            want.first().copied(),
+            "{}",
+            self.stdout
+        );
+        for column in want {
+            assert!(
+                columns.iter().any(|c| c == column),
+                "no {column} column: {}",
+                self.stdout
+            );
+        }
+        (columns, rows)
+    }
 }
 
 /// Runs the binary with a clean environment (no `HOOKD_*` from the developer's shell).
@@ -221,8 +242,7 @@ fn keys_made_by_the_cli_work_on_the_live_server_until_revoked() {
         !listed.to_string().contains(&token),
         "keys list shows a token"
     );
-    let (columns, rows) = cli(&hookd, &["keys", "list"], false).table();
-    assert_eq!(columns.first().map(String::as_str), Some("ID"));
+    let (_, rows) = cli(&hookd, &["keys", "list"], false).table_with(&["ID"]);
     assert!(rows.iter().any(|r| r[0] == id), "{rows:?}");
     // The API lists the key too: both read the same database.
     let api = hookd.get(&hookd.admin, "/v1/keys?limit=500").expect(200);
@@ -316,14 +336,7 @@ fn dead_deliveries_are_listed_retried_and_replayed_and_inactive_hooks_resume() {
         "{all_of_hook}"
     );
     let table = cli(&hookd, &["deliveries", "list", "--status", "dead"], false);
-    let (columns, rows) = table.table();
-    assert_eq!(
-        columns.first().map(String::as_str),
-        Some("ID"),
-        "{}",
-        table.stdout
-    );
-    assert!(columns.contains(&"STATUS".to_string()), "{}", table.stdout);
+    let (_, rows) = table.table_with(&["ID", "STATUS"]);
     assert!(
         rows.iter()
             .any(|r| r[0] == dead_id && r.contains(&"dead".to_string())),
@@ -385,16 +398,7 @@ fn hooks_are_listed_shown_and_deleted_and_the_database_backed_up() {
     want.sort();
     assert_eq!(ids, want, "{listed}");
     let table = cli(&hookd, &["hooks", "list"], false);
-    let (columns, rows) = table.table();
-    assert_eq!(
-        columns.first().map(String::as_str),
-        Some("ID"),
-        "{}",
-        table.stdout
-    );
-    for column in ["STATUS", "TARGET_URL"] {
-        assert!(columns.contains(&column.to_string()), "{}", table.stdout);
-    }
+    let (_, rows) = table.table_with(&["ID", "STATUS", "TARGET_URL"]);
     assert_eq!(rows.len(), 2, "{}", table.stdout);
     assert!(
         rows.iter().all(|r| r.contains(&"active".to_string())),

@@ -1329,7 +1329,10 @@ impl Bench<'_> {
             let mut after: Option<String> = None;
             loop {
                 let path = match &after {
-                    Some(c) => format!("/v1/hooks?limit=500&after={}", urlencode(c)),
+                    Some(c) => format!(
+                        "/v1/hooks?limit=500&after={}",
+                        url::form_urlencoded::byte_serialize(c.as_bytes()).collect::<String>()
+                    ),
                     None => "/v1/hooks?limit=500".to_string(),
                 };
                 let (status, page) = conn
@@ -1550,17 +1553,6 @@ fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_default()
-}
-
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 #[cfg(test)]

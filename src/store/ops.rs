@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection, OptionalExtension, ToSql};
 use serde_json::json;
 
 use super::read::{hook_from_row, HOOK_COLUMNS};
@@ -543,10 +543,10 @@ struct DeliveryRow {
     id: String,
     hook_id: String,
     seq: i64,
-    /// Index into `PublishRows::events`.
-    event: usize,
-    /// `batch_max` 1: the row is its own batch from the start.
-    own_batch: bool,
+    event_id: String,
+    /// A hook that sends one event per request has its batch fixed at once: the row's
+    /// own id.
+    batch_id: Option<String>,
 }
 
 /// Numbers an event and its fan-out; returns its id and how many hooks it matched.
@@ -557,7 +557,6 @@ fn fan_out<'a>(
     fx: &mut Effects,
 ) -> (String, u64) {
     let id = new_id("evt");
-    let event_index = rows.events.len();
     rows.events.push((id.clone(), event));
     let mut matched = 0;
     for hook_id in index.matching(&event.tenant, &event.event_type) {
@@ -571,12 +570,13 @@ fn fan_out<'a>(
         }
         let seq = fx.seqs.get(&hook_id).copied().unwrap_or(slot.last_seq) + 1;
         fx.seqs.insert(hook_id.clone(), seq);
+        let dlv = new_id("dlv");
         rows.deliveries.push(DeliveryRow {
-            id: new_id("dlv"),
+            batch_id: (slot.batch_max == 1).then(|| dlv.clone()),
+            id: dlv,
             hook_id: hook_id.clone(),
             seq,
-            event: event_index,
-            own_batch: slot.batch_max == 1,
+            event_id: id.clone(),
         });
         matched += 1;
         fx.new_work.push(hook_id);
@@ -612,58 +612,67 @@ fn chunk_sizes(mut len: usize) -> impl Iterator<Item = usize> {
 
 fn insert_rows(conn: &Connection, rows: &PublishRows) -> Result<(), StoreError> {
     let now = &rows.now;
-    let mut start = 0;
-    for n in chunk_sizes(rows.events.len()) {
-        let sql = values_sql(
-            "INSERT INTO events (id, tenant, type, resource_id, data, created_at) VALUES ",
-            "(?, ?, ?, ?, ?, ?)",
-            n,
-        );
-        let mut values: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(n * 6);
-        for (id, e) in &rows.events[start..start + n] {
+    insert_chunked(
+        conn,
+        "inserting events",
+        "INSERT INTO events (id, tenant, type, resource_id, data, created_at) VALUES ",
+        "(?, ?, ?, ?, ?, ?)",
+        &rows.events,
+        |(id, e), values| {
             values.extend([
-                id as &dyn rusqlite::ToSql,
+                id as &dyn ToSql,
                 &e.tenant,
                 &e.event_type,
                 &e.resource_id,
                 &e.data,
                 now,
-            ]);
-        }
-        conn.prepare_cached(&sql)
-            .and_then(|mut s| s.execute(&*values))
-            .ctx("inserting events")?;
-        start += n;
-    }
-    let mut start = 0;
-    for n in chunk_sizes(rows.deliveries.len()) {
-        let sql = values_sql(
-            "INSERT INTO deliveries (id, hook_id, seq, event_id, batch_id, status, attempts,
-                                     next_attempt_at, created_at, updated_at) VALUES ",
-            "(?, ?, ?, ?, ?, 'pending', 0, ?, ?, ?)",
-            n,
-        );
-        let batch_ids: Vec<Option<&String>> = rows.deliveries[start..start + n]
-            .iter()
-            .map(|d| d.own_batch.then_some(&d.id))
-            .collect();
-        let mut values: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(n * 8);
-        for (d, batch_id) in rows.deliveries[start..start + n].iter().zip(&batch_ids) {
+            ])
+        },
+    )?;
+    insert_chunked(
+        conn,
+        "inserting deliveries",
+        "INSERT INTO deliveries (id, hook_id, seq, event_id, batch_id, status, attempts,
+                                 next_attempt_at, created_at, updated_at) VALUES ",
+        "(?, ?, ?, ?, ?, 'pending', 0, ?, ?, ?)",
+        &rows.deliveries,
+        |d, values| {
             values.extend([
-                &d.id as &dyn rusqlite::ToSql,
+                &d.id as &dyn ToSql,
                 &d.hook_id,
                 &d.seq,
-                &rows.events[d.event].0,
-                batch_id,
+                &d.event_id,
+                &d.batch_id,
                 now,
                 now,
                 now,
-            ]);
+            ])
+        },
+    )
+}
+
+/// Inserts `rows` with statements `head` followed by `tuple` once per row, in chunks of
+/// the sizes in [`CHUNKS`]; `bind` adds one row's values in `tuple`'s order.
+fn insert_chunked<'r, T>(
+    conn: &Connection,
+    what: &str,
+    head: &str,
+    tuple: &str,
+    rows: &'r [T],
+    bind: impl Fn(&'r T, &mut Vec<&'r dyn ToSql>),
+) -> Result<(), StoreError> {
+    let per_row = tuple.matches('?').count();
+    let mut rest = rows;
+    for n in chunk_sizes(rows.len()) {
+        let (chunk, tail) = rest.split_at(n);
+        rest = tail;
+        let mut values = Vec::with_capacity(n * per_row);
+        for row in chunk {
+            bind(row, &mut values);
         }
-        conn.prepare_cached(&sql)
+        conn.prepare_cached(&values_sql(head, tuple, n))
             .and_then(|mut s| s.execute(&*values))
-            .ctx("inserting deliveries")?;
-        start += n;
+            .ctx(what)?;
     }
     Ok(())
 }

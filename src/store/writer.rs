@@ -382,16 +382,24 @@ fn commit_group(
         .drain(..)
         .map(|Request { op, reply }| (op, reply))
         .unzip();
-    let mut outcome = apply_group(conn, state, secrets, &ops, Mode::Optimistic);
-    if matches!(outcome, Ok(None)) {
-        // Rolled back: the index holds what the abandoned pass applied.
-        outcome = FanoutIndex::load(conn).and_then(|index| {
-            state.index = index;
-            apply_group(conn, state, secrets, &ops, Mode::Careful)
-        });
-    }
+    // At most two passes: a careful one never rolls back as a whole.
+    let mut mode = Mode::Optimistic;
+    let outcome = loop {
+        match apply_group(conn, state, secrets, &ops, mode) {
+            Ok(Pass::Committed(applied)) => break Ok(applied),
+            Ok(Pass::RolledBack) => {
+                // The index holds what the abandoned pass applied.
+                match FanoutIndex::load(conn) {
+                    Ok(index) => state.index = index,
+                    Err(e) => break Err(e),
+                }
+                mode = Mode::Careful;
+            }
+            Err(e) => break Err(e),
+        }
+    };
     match outcome {
-        Ok(Some(applied)) => {
+        Ok(applied) => {
             for (reply, result) in replies.into_iter().zip(applied.results) {
                 reply.send(result);
             }
@@ -403,7 +411,6 @@ fn commit_group(
             }
             Ok(())
         }
-        Ok(None) => unreachable!("a careful pass never asks to start again"),
         Err(e) => {
             // Nothing in the group is committed: every caller hears so, and the index is
             // rebuilt from what is on disk.
@@ -419,15 +426,22 @@ fn commit_group(
     }
 }
 
-/// One pass over the group in one transaction. `Ok(None)`: an optimistic pass met an
-/// op that failed after changing rows; the transaction was rolled back.
+/// How one pass over a group ended.
+enum Pass {
+    Committed(Applied),
+    /// An optimistic pass met an op that failed after changing rows; the transaction
+    /// was rolled back.
+    RolledBack,
+}
+
+/// One pass over the group in one transaction.
 fn apply_group(
     conn: &mut Connection,
     state: &mut WriterState,
     secrets: &SecretBox,
     ops: &[WriteOp],
     mode: Mode,
-) -> Result<Option<Applied>, StoreError> {
+) -> Result<Pass, StoreError> {
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .ctx("starting a write transaction")?;
@@ -457,7 +471,7 @@ fn apply_group(
                 run("ROLLBACK TO op").ctx("rolling back a savepoint")?;
             } else if tx.total_changes() != before {
                 // Dropping `tx` rolls the transaction back.
-                return Ok(None);
+                return Ok(Pass::RolledBack);
             }
         }
         if mode == Mode::Careful {
@@ -466,7 +480,7 @@ fn apply_group(
         applied.results.push(result);
     }
     tx.commit().ctx("committing")?;
-    Ok(Some(applied))
+    Ok(Pass::Committed(applied))
 }
 
 #[cfg(test)]

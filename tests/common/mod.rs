@@ -103,16 +103,10 @@ pub fn data_field<'a>(list: &'a Value, field: &str) -> Vec<&'a Value> {
         .collect()
 }
 
-/// Percent-encodes a query-string value (cursors are opaque and may hold `+`, `=`, `/`).
+/// Percent-encodes a query-string value (cursors are opaque and may hold `+`, `=`, `/`),
+/// as the server's query parser (`url::form_urlencoded`) reads it.
 pub fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
 /// Now, as an RFC 3339 UTC string, shifted by `offset_ms` (may be negative).
