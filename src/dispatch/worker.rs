@@ -18,6 +18,7 @@ use crate::model::{Hook, HookStatus};
 use crate::payload;
 use crate::retry;
 use crate::store::read::Queued;
+use crate::store::reply::ReplyReceiver;
 use crate::store::{AttemptRecord, Reader, Store, StoreError, WriteOp, WriteOutput};
 
 /// After a store error, look at the hook again this much later.
@@ -69,29 +70,65 @@ pub fn run(shared: Shared, reader: Reader, lanes: Lanes, done: Sender<Done>) {
             break;
         }
         shared.metrics.busy(true);
-        let (next, healthy) =
-            catch_unwind(AssertUnwindSafe(|| deliver(&shared, &reader, &job.hook_id)))
-                .unwrap_or_else(|_| {
-                    log::error!(
-                        "dispatcher panicked on hook {}; retrying later",
-                        job.hook_id
-                    );
-                    Err(StoreError::Busy)
-                })
-                .unwrap_or_else(|e| {
-                    log::error!("dispatcher: hook {}: {e}", job.hook_id);
-                    (Some(now_ms() + STORE_ERROR_BACKOFF_MS), true)
-                });
+        let ended = catch_unwind(AssertUnwindSafe(|| deliver(&shared, &reader, &job.hook_id)))
+            .unwrap_or_else(|_| {
+                log::error!(
+                    "dispatcher panicked on hook {}; retrying later",
+                    job.hook_id
+                );
+                Err(StoreError::Busy)
+            })
+            .unwrap_or_else(|e| {
+                log::error!("dispatcher: hook {}: {e}", job.hook_id);
+                Ended {
+                    next: Some(now_ms() + STORE_ERROR_BACKOFF_MS),
+                    healthy: true,
+                    uncommitted: None,
+                }
+            });
         shared.metrics.busy(false);
         let finished = Done {
             hook_id: job.hook_id,
-            next,
-            healthy,
+            next: ended.next,
+            healthy: ended.healthy,
         };
-        if done.send(finished).is_err() {
-            break;
+        match ended.uncommitted {
+            // The hook is handed out again only once what was sent is on disk:
+            // otherwise the next job would read those rows as still open and send them
+            // twice. The writer hands it back after that commit; this thread goes on.
+            Some(result) => {
+                let done = done.clone();
+                result.then(move |result| {
+                    let _ = done.send(after_commit(finished, result));
+                });
+            }
+            None => {
+                if done.send(finished).is_err() {
+                    break;
+                }
+            }
         }
     }
+}
+
+/// How a job ended.
+struct Ended {
+    next: Option<Millis>,
+    healthy: bool,
+    /// The last success it recorded without waiting, if its commit is still to come.
+    uncommitted: Option<ReplyReceiver<Result<WriteOutput, StoreError>>>,
+}
+
+/// The job's end as the scheduler should see it, once its last outcome was written.
+fn after_commit(mut done: Done, result: Option<Result<WriteOutput, StoreError>>) -> Done {
+    if let Err(e) = result.unwrap_or(Err(StoreError::Busy)) {
+        log::warn!(
+            "hook {}: an outcome was not recorded ({e}); it will be sent again",
+            done.hook_id
+        );
+        done.next = Some(now_ms() + STORE_ERROR_BACKOFF_MS);
+    }
+    done
 }
 
 /// How long one job may keep a dispatcher on one hook before yielding to others.
@@ -107,17 +144,19 @@ const READ_AHEAD_BYTES: usize = 64 * 1024;
 /// Sends the hook's due batches in order, one request at a time. A success is recorded
 /// without waiting for its commit, so the next request overlaps the fsync; anything
 /// else is recorded and waited for, because it decides when the hook goes next.
-/// Returns when the hook is next due, and whether it looks healthy.
-fn deliver(
-    shared: &Shared,
-    reader: &Reader,
-    hook_id: &str,
-) -> Result<(Option<Millis>, bool), StoreError> {
+/// Returns when the hook is next due, whether it looks healthy, and the commit of its
+/// last success if that is still to come.
+fn deliver(shared: &Shared, reader: &Reader, hook_id: &str) -> Result<Ended, StoreError> {
+    let idle = Ended {
+        next: None,
+        healthy: true,
+        uncommitted: None,
+    };
     let Some(hook) = reader.hook(hook_id)? else {
-        return Ok((None, true));
+        return Ok(idle);
     };
     if hook.status != HookStatus::Active {
-        return Ok((None, true));
+        return Ok(idle);
     }
     let started = Instant::now();
     let mut healthy = hook.consecutive_failures == 0;
@@ -132,7 +171,7 @@ fn deliver(
     let mut sent = 0;
     // A batch decision needs the rows it may take and one more (is the head alone?).
     let need = hook.batch_max as usize + 1;
-    let mut next = loop {
+    let next = loop {
         if ahead.len() < need {
             let more = reader.queued(
                 hook_id,
@@ -197,20 +236,11 @@ fn deliver(
             _ => Some(now_ms()),
         };
     };
-    // The hook is handed out again only once what was sent is on disk: otherwise the
-    // next job would read those rows as still open and send them twice.
-    if let Some(result) = uncommitted {
-        match result.recv().unwrap_or(Err(StoreError::Busy)) {
-            Ok(_) => {}
-            Err(e) => {
-                log::warn!(
-                    "hook {hook_id}: an outcome was not recorded ({e}); it will be sent again"
-                );
-                next = Some(now_ms() + STORE_ERROR_BACKOFF_MS);
-            }
-        }
-    }
-    Ok((next, healthy))
+    Ok(Ended {
+        next,
+        healthy,
+        uncommitted,
+    })
 }
 
 /// One request: builds, signs and sends the batch, and decides what follows.

@@ -3,11 +3,20 @@
 //! handler threads waiting for commits on 2 cores, that yielding was a tenth of the
 //! CPU of single-event publishing as profiled. A mutex and a condition variable sleep
 //! at once.
+//!
+//! A caller that need not wait can instead leave a function in the slot
+//! ([`ReplyReceiver::then`]): the writer runs it with the answer, right after the commit.
+//! A dispatcher hands its hook back to the scheduler this way, so it can take the next
+//! hook while the last outcome is still being written.
 
 use std::sync::{Arc, Condvar, Mutex};
 
+type Forward<T> = Box<dyn FnOnce(Option<T>) + Send>;
+
 enum State<T> {
     Waiting,
+    /// Nobody waits: the answer (`None` if there is none) goes to this function.
+    Forward(Forward<T>),
     Sent(T),
     /// The sender was dropped without an answer (the writer stopped).
     Dropped,
@@ -40,9 +49,22 @@ impl<T> ReplySender<T> {
 
     fn set(&self, value: State<T>) {
         let mut state = self.0.state.lock().unwrap_or_else(|p| p.into_inner());
-        if matches!(*state, State::Waiting) {
-            *state = value;
-            self.0.ready.notify_one();
+        match &*state {
+            State::Waiting => {
+                *state = value;
+                self.0.ready.notify_one();
+            }
+            State::Forward(_) => {
+                let State::Forward(forward) = std::mem::replace(&mut *state, State::Taken) else {
+                    unreachable!()
+                };
+                drop(state);
+                forward(match value {
+                    State::Sent(v) => Some(v),
+                    _ => None,
+                });
+            }
+            _ => {}
         }
     }
 }
@@ -71,6 +93,23 @@ impl<T> ReplyReceiver<T> {
             _ => None,
         }
     }
+
+    /// Does not wait: `forward` gets the answer (`None` if the sender went away without
+    /// one), on the sender's thread when it comes, or on this one if it already came.
+    pub fn then(self, forward: impl FnOnce(Option<T>) + Send + 'static) {
+        let mut state = self.0.state.lock().unwrap_or_else(|p| p.into_inner());
+        match std::mem::replace(&mut *state, State::Taken) {
+            State::Waiting => *state = State::Forward(Box::new(forward)),
+            State::Sent(v) => {
+                drop(state);
+                forward(Some(v));
+            }
+            _ => {
+                drop(state);
+                forward(None);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -87,5 +126,27 @@ mod tests {
         let t = std::thread::spawn(move || drop(tx));
         assert_eq!(rx.recv(), None);
         t.join().unwrap();
+    }
+
+    #[test]
+    fn a_forwarded_answer_reaches_the_function_whenever_it_comes() {
+        let (seen_tx, seen) = std::sync::mpsc::channel();
+        // The answer comes after the function was left.
+        let (tx, rx) = oneshot();
+        let s = seen_tx.clone();
+        rx.then(move |v| s.send(v).unwrap());
+        std::thread::spawn(move || tx.send(1)).join().unwrap();
+        assert_eq!(seen.recv().unwrap(), Some(1));
+        // The answer came first.
+        let (tx, rx) = oneshot();
+        tx.send(2);
+        let s = seen_tx.clone();
+        rx.then(move |v| s.send(v).unwrap());
+        assert_eq!(seen.recv().unwrap(), Some(2));
+        // No answer ever comes.
+        let (tx, rx) = oneshot::<u8>();
+        rx.then(move |v| seen_tx.send(v).unwrap());
+        drop(tx);
+        assert_eq!(seen.recv().unwrap(), None);
     }
 }
