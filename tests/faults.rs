@@ -354,7 +354,11 @@ fn a_writer_locked_out_answers_503_and_recovers_by_itself() {
 /// lock is released. tests/backpressure.rs shows the same under real load.
 #[test]
 fn a_full_writer_queue_refuses_at_once_and_queued_publishes_still_commit() {
-    const PUBLISHES: usize = 6;
+    const PUBLISHES: usize = 10;
+    // Held, not refused: the request the writer took, the one in the queue, and any
+    // that refilled the queue while the writer was gathering its group (a race it
+    // usually wins, but not always on a loaded machine). An unbounded queue holds all.
+    const MAY_HOLD: usize = 4;
     let sink = Sink::start();
     let dir = TempDir::new();
     let db = dir.path.join("hookd.db");
@@ -384,11 +388,10 @@ fn a_full_writer_queue_refuses_at_once_and_queued_publishes_still_commit() {
             })
         })
         .collect();
-    // At most two publishes can be held (one by the writer, one in the queue); the
-    // others are refused once their enqueue timeout passes.
+    // The publishes not held are refused once their enqueue timeout passes.
     let refusals = common::wait_until_or(Duration::from_secs(4), || {
         let n = outcomes.lock().unwrap().len();
-        (n >= PUBLISHES - 2).then_some(n)
+        (n >= PUBLISHES - MAY_HOLD).then_some(n)
     });
     let held_for = locked.elapsed();
     lock.execute_batch("ROLLBACK").unwrap();
@@ -399,7 +402,7 @@ fn a_full_writer_queue_refuses_at_once_and_queued_publishes_still_commit() {
     assert!(
         refusals.is_some(),
         "fewer than {} publishes were answered while the writer was stalled ({held_for:?})",
-        PUBLISHES - 2
+        PUBLISHES - MAY_HOLD
     );
     assert!(
         held_for < Duration::from_secs(4),
@@ -427,7 +430,7 @@ fn a_full_writer_queue_refuses_at_once_and_queued_publishes_still_commit() {
     }
     eprintln!("writer stalled for {held_for:?}: accepted {accepted:?}, refused {refused:?}");
     assert!(
-        refused.len() >= PUBLISHES - 2,
+        refused.len() >= PUBLISHES - MAY_HOLD,
         "only {} of {PUBLISHES} publishes were refused with the writer stalled and a \
          one-slot queue: the queue is not bounded",
         refused.len()
