@@ -40,6 +40,20 @@ fn idempotent_publish_returns_the_first_result_and_delivers_once() {
     );
     let field_id = f1["id"].as_str().unwrap().to_string();
 
+    // Inside an array, the repeated event answers its first result and is not stored
+    // again; the event beside it is new.
+    let mixed = hookd.publish_json(json!([
+        {"type": "idem.field", "resource_id": "2", "idempotency_key": field_key},
+        {"type": "idem.fresh", "resource_id": "3"}
+    ]));
+    assert_eq!(mixed[0], f1, "the repeated event inside an array: {mixed}");
+    assert_eq!(
+        mixed[1]["deliveries"], 1,
+        "the new event beside it: {mixed}"
+    );
+    let fresh_id = mixed[1]["id"].as_str().unwrap().to_string();
+    assert_ne!(fresh_id, field_id);
+
     // Reusing the key for a different request is a conflict, and publishes nothing.
     let changed = json!({"type": "idem.test", "resource_id": "1", "data": {"x": 2}});
     publish(&changed).expect_error(409, "idempotency_conflict");
@@ -52,8 +66,12 @@ fn idempotent_publish_returns_the_first_result_and_delivers_once() {
             .any(|e| e["event_id"] == marker.as_str())
     });
     let delivered = event_ids(&delivered_events(&reqs));
-    assert_eq!(delivered, [header_id, field_id, marker], "deliveries");
-    assert_eq!(reqs.len(), 3, "requests to the sink");
+    assert_eq!(
+        delivered,
+        [header_id, field_id, fresh_id, marker],
+        "deliveries"
+    );
+    assert_eq!(reqs.len(), 4, "requests to the sink");
 }
 
 #[test]

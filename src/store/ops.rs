@@ -493,41 +493,56 @@ fn publish(
         }
     }
     let mut inserted = 0;
-    let mut results = Vec::with_capacity(events.len());
+    // The response body is written as the events go: the writer is what bounds array
+    // publishes, and a `serde_json::Value` per result cost it a map, three strings and
+    // a serializer pass per event (3 % of ingest-batch samples, plus the allocator).
+    let mut body = String::with_capacity(if array { 2 + events.len() * 48 } else { 48 });
+    if array {
+        body.push('[');
+    }
     let mut rows = PublishRows {
         now: now_ms(),
         events: Vec::with_capacity(events.len()),
         deliveries: Vec::new(),
     };
-    for event in events {
+    for (i, event) in events.iter().enumerate() {
+        if i > 0 {
+            body.push(',');
+        }
         let field_key = event
             .idempotency
             .as_ref()
             .map(|(k, h)| (format!("event:{k}"), h.clone()));
         if let Some((key, hash)) = &field_key {
             if let Some(stored) = idempotent_replay(conn, key, hash)? {
-                results.push(serde_json::from_str(&stored).unwrap_or(serde_json::Value::Null));
+                body.push_str(&stored);
                 continue;
             }
         }
         let (id, n) = fan_out(index, event, &mut rows, fx);
         inserted += 1;
-        let result = json!({"id": id, "deliveries": n});
+        let start = body.len();
+        push_result(&mut body, &id, n);
         if let Some((key, hash)) = &field_key {
-            remember(conn, key, hash, &result.to_string())?;
+            remember(conn, key, hash, &body[start..])?;
         }
-        results.push(result);
+    }
+    if array {
+        body.push(']');
     }
     insert_rows(conn, &rows)?;
-    let body = if array {
-        serde_json::Value::Array(results).to_string()
-    } else {
-        results.pop().unwrap_or(serde_json::Value::Null).to_string()
-    };
     if let Some((key, hash)) = &request_key {
         remember(conn, key, hash, &body)?;
     }
     Ok((body, inserted))
+}
+
+/// `{"id":"evt_…","deliveries":n}`, as `serde_json` would write it (ids are ASCII
+/// letters, digits and `_`: nothing to escape).
+fn push_result(body: &mut String, id: &str, deliveries: u64) {
+    use std::fmt::Write;
+    debug_assert!(id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'));
+    let _ = write!(body, r#"{{"id":"{id}","deliveries":{deliveries}}}"#);
 }
 
 /// The rows one publish adds, inserted together at its end: a multi-row INSERT sets up
