@@ -347,11 +347,11 @@ fn a_writer_locked_out_answers_503_and_recovers_by_itself() {
     );
 }
 
-/// The writer queue's bound, made deterministic: another process holds the write lock,
-/// so the writer sits on the request it took; with `--writer-queue 1` one more request
-/// fits in the queue and every further publish is refused after `--enqueue-timeout`
-/// (well before the 5 s busy timeout), while the taken and queued ones commit once the
-/// lock is released. tests/backpressure.rs shows the same under real load.
+/// The writer queue's bound: another process holds the write lock, so the writer sits
+/// on the group it took; with `--writer-queue 1` one more request fits in the queue and
+/// the other publishes are refused after `--enqueue-timeout` (well before the 5 s busy
+/// timeout), while the held ones commit once the lock is released.
+/// tests/backpressure.rs shows the same under real load.
 #[test]
 fn a_full_writer_queue_refuses_at_once_and_queued_publishes_still_commit() {
     const PUBLISHES: usize = 10;
