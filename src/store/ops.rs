@@ -583,18 +583,28 @@ fn fan_out<'a>(
         if !slot.eligible {
             continue;
         }
-        let seq = fx.seqs.get(&hook_id).copied().unwrap_or(slot.last_seq) + 1;
-        fx.seqs.insert(hook_id.clone(), seq);
+        // A hook's first row in this op is also its one wake-up: an array of 100 events
+        // for one hook tells the scheduler once, not 100 times.
+        let seq = match fx.seqs.get_mut(&hook_id) {
+            Some(last) => {
+                *last += 1;
+                *last
+            }
+            None => {
+                fx.seqs.insert(hook_id.clone(), slot.last_seq + 1);
+                fx.new_work.push(hook_id.clone());
+                slot.last_seq + 1
+            }
+        };
         let dlv = new_id("dlv");
         rows.deliveries.push(DeliveryRow {
             batch_id: (slot.batch_max == 1).then(|| dlv.clone()),
             id: dlv,
-            hook_id: hook_id.clone(),
+            hook_id,
             seq,
             event_id: id.clone(),
         });
         matched += 1;
-        fx.new_work.push(hook_id);
     }
     (id, matched)
 }

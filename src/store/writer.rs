@@ -514,7 +514,17 @@ mod tests {
         secrets: &SecretBox,
         ops: Vec<WriteOp>,
     ) -> Vec<Result<WriteOutput, StoreError>> {
-        let (wakeups, _w) = crossbeam_channel::unbounded();
+        group_waking(conn, state, secrets, ops).0
+    }
+
+    /// As `group`, with the wake-ups the group sent the scheduler.
+    fn group_waking(
+        conn: &mut Connection,
+        state: &mut WriterState,
+        secrets: &SecretBox,
+        ops: Vec<WriteOp>,
+    ) -> (Vec<Result<WriteOutput, StoreError>>, Vec<Wakeup>) {
+        let (wakeups, woken) = crossbeam_channel::unbounded();
         let mut answers = Vec::new();
         let mut reqs = Vec::new();
         for op in ops {
@@ -523,7 +533,95 @@ mod tests {
             answers.push(answer);
         }
         commit_group(conn, state, secrets, &mut reqs, &wakeups).expect("the group commits");
-        answers.into_iter().map(|a| a.recv().unwrap()).collect()
+        let results = answers.into_iter().map(|a| a.recv().unwrap()).collect();
+        (results, woken.try_iter().collect())
+    }
+
+    /// A fresh store in the temp directory: its directory, writer connection, secrets
+    /// and writer state.
+    fn fresh_store(name: &str) -> (std::path::PathBuf, Connection, Arc<SecretBox>, WriterState) {
+        let dir = std::env::temp_dir().join(format!(
+            "hookd-writer-{name}-{}-{}",
+            std::process::id(),
+            crate::clock::now_ms()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let opened = super::super::open(&dir.join("w.db"), &dir.join("w.key")).unwrap();
+        let state = WriterState::new(&opened.writer_conn).unwrap();
+        (dir, opened.writer_conn, opened.secrets, state)
+    }
+
+    fn create_hook(
+        conn: &mut Connection,
+        state: &mut WriterState,
+        secrets: &SecretBox,
+        pattern: &str,
+    ) -> crate::model::Hook {
+        let created = group(
+            conn,
+            state,
+            secrets,
+            vec![WriteOp::CreateHook {
+                hook: NewHook {
+                    id: crate::ids::new_id("hk"),
+                    tenant: "default".into(),
+                    target_url: "http://127.0.0.1:9/".into(),
+                    events: vec![pattern.into()],
+                    payload: PayloadKind::Full,
+                    batch_max: 1,
+                    status: HookStatus::Active,
+                    verify_code_hash: None,
+                },
+                max_per_tenant: 10,
+            }],
+        );
+        match created.into_iter().next() {
+            Some(Ok(WriteOutput::Hook(hook))) => hook,
+            other => panic!("creating a hook: {other:?}"),
+        }
+    }
+
+    /// An array publish numbers each hook's rows in order and wakes the scheduler once
+    /// per hook, however many of its events that hook matched.
+    #[test]
+    fn a_publish_wakes_each_matching_hook_once_and_numbers_its_rows() {
+        let (dir, mut conn, secrets, mut state) = fresh_store("wake");
+        let all = create_hook(&mut conn, &mut state, &secrets, "t.*");
+        let only_a = create_hook(&mut conn, &mut state, &secrets, "t.a");
+        let (results, woken) = group_waking(
+            &mut conn,
+            &mut state,
+            &secrets,
+            vec![publish(vec![
+                event("t.a", None),
+                event("t.b", None),
+                event("t.a", None),
+            ])],
+        );
+        assert!(results[0].is_ok(), "{results:?}");
+        let mut hooks: Vec<String> = woken
+            .into_iter()
+            .flat_map(|w| match w {
+                Wakeup::NewWork(hooks) => hooks,
+                Wakeup::Reset(hooks) => panic!("a publish reset {hooks:?}"),
+            })
+            .collect();
+        hooks.sort();
+        let mut want = vec![all.id.clone(), only_a.id.clone()];
+        want.sort();
+        assert_eq!(hooks, want, "hooks woken");
+        let seqs = |hook: &str| -> Vec<i64> {
+            conn.prepare("SELECT seq FROM deliveries WHERE hook_id = ?1 ORDER BY seq")
+                .unwrap()
+                .query_map([hook], |r| r.get(0))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap()
+        };
+        assert_eq!(seqs(&all.id), [1, 2, 3]);
+        assert_eq!(seqs(&only_a.id), [1, 2]);
+        drop(conn);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// The optimistic pass meets an op that fails after writing rows (an array publish
@@ -533,37 +631,8 @@ mod tests {
     /// hook's sequence has no gap where the failed op's event would have been.
     #[test]
     fn an_op_failing_after_writes_is_rolled_back_alone_and_leaves_no_gap() {
-        let dir = std::env::temp_dir().join(format!(
-            "hookd-writer-test-{}-{}",
-            std::process::id(),
-            crate::clock::now_ms()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        let opened = super::super::open(&dir.join("w.db"), &dir.join("w.key")).unwrap();
-        let mut conn = opened.writer_conn;
-        let secrets = opened.secrets;
-        let mut state = WriterState::new(&conn).unwrap();
-        let created = group(
-            &mut conn,
-            &mut state,
-            &secrets,
-            vec![WriteOp::CreateHook {
-                hook: NewHook {
-                    id: crate::ids::new_id("hk"),
-                    tenant: "default".into(),
-                    target_url: "http://127.0.0.1:9/".into(),
-                    events: vec!["t.*".into()],
-                    payload: PayloadKind::Full,
-                    batch_max: 1,
-                    status: HookStatus::Active,
-                    verify_code_hash: None,
-                },
-                max_per_tenant: 10,
-            }],
-        );
-        let Ok(WriteOutput::Hook(hook)) = &created[0] else {
-            panic!("creating the hook: {created:?}");
-        };
+        let (dir, mut conn, secrets, mut state) = fresh_store("redo");
+        let hook = create_hook(&mut conn, &mut state, &secrets, "t.*");
         let first = group(
             &mut conn,
             &mut state,
