@@ -34,6 +34,13 @@ wire_enum!(
     HookStatus { Pending = "pending", Active = "active", Inactive = "inactive" }
 );
 
+impl HookStatus {
+    /// A publish queues deliveries for it (held while inactive); a pending hook gets none.
+    pub fn receives_events(self) -> bool {
+        self != HookStatus::Pending
+    }
+}
+
 wire_enum!(
     /// `skinny` bodies carry no `data`; `full` ones do.
     PayloadKind { Skinny = "skinny", Full = "full" }

@@ -177,11 +177,9 @@ impl Server {
         stats
     }
 
-    /// Reads its final figures, then stops it as an operator would: SIGTERM, and a clean
-    /// shutdown (work in flight finished, the WAL checkpointed, the lock file released)
-    /// within `limit`. An error when it does not exit 0 in time (it is killed then).
-    pub fn shutdown(mut self, limit: Duration) -> Result<ProcStats, String> {
-        let stats = self.stats();
+    /// Stops it as an operator would: SIGTERM, and a clean shutdown (work in flight
+    /// finished, the WAL checkpointed, the lock file released) within `limit`. An error when it does not exit 0 in time (it is killed then).
+    pub fn shutdown(mut self, limit: Duration) -> Result<(), String> {
         let pid = self.pid().to_string();
         // std can only send SIGKILL; `kill(1)` is on every machine hookd runs on.
         let sent = Command::new("kill")
@@ -194,7 +192,7 @@ impl Server {
         let deadline = Instant::now() + limit;
         loop {
             match self.child.try_wait() {
-                Ok(Some(status)) if status.success() => return Ok(stats),
+                Ok(Some(status)) if status.success() => return Ok(()),
                 Ok(Some(status)) => {
                     return Err(format!(
                         "hookd exited with {status} after SIGTERM; its log ends with:\n{}",

@@ -147,7 +147,8 @@ pub struct Check {
     pub duplicates: u64,
     /// Missing numbers in a hook's `sequence` run below its highest.
     pub sequence_gaps: u64,
-    /// Times a hook's sequence went backwards in arrival order.
+    /// Times a hook's sequence went backwards in arrival order, or back to a number at
+    /// or below the one it had before (a number given out twice).
     pub out_of_order: u64,
     /// Arrivals of events not published by this run as far as it knows (a publish
     /// whose answer was lost and was sent again).
@@ -192,9 +193,11 @@ impl Check {
             seqs.sort_unstable();
             seqs.dedup();
             if let Some(&max) = seqs.last() {
+                // Numbers at or below the base were given out before this run.
+                let reused = seqs.iter().take_while(|s| **s <= base).count() as u64;
+                check.out_of_order += reused;
                 // Numbers above the base that never arrived.
-                let stale = seqs.iter().take_while(|s| **s <= base).count() as u64;
-                check.sequence_gaps += max.saturating_sub(base) + stale - seqs.len() as u64;
+                check.sequence_gaps += max.saturating_sub(base) - (seqs.len() as u64 - reused);
             }
             let mut want = want.clone();
             want.sort_unstable();
@@ -553,6 +556,10 @@ mod tests {
         assert_eq!((c.lost, c.sequence_gaps), (0, 1), "102 is missing");
         let c = Check::compare(&expected, &got, &[]);
         assert_eq!(c.sequence_gaps, 101 + 7, "counted from 1 without a base");
+        // Numbering that started over instead of going on from the base.
+        let restarted = [arrival(0, 1, 1), arrival(0, 2, 2), arrival(1, 1, 3)];
+        let c = Check::compare(&expected, &restarted, &[100, 7]);
+        assert_eq!((c.out_of_order, c.sequence_gaps), (3, 0), "{c:?}");
     }
 
     #[test]

@@ -1206,7 +1206,7 @@ impl Bench<'_> {
             target_rows
         } else {
             // Later rows go in more slowly than the first (deeper B-trees, more to write
-            // back): 1,000,000 rows filled at about 85 % of the first 200,000's rate.
+            // back): the rest is sized at OUTBOX_RATE_FACTOR of the first rows' rate.
             let rate = probe_rate * OUTBOX_RATE_FACTOR;
             let left = args.budget - self.started.elapsed().as_secs_f64() - self.grown_phases_s();
             target_rows.min(probe + (rate * left.max(0.0)) as u64)
@@ -1223,9 +1223,10 @@ impl Bench<'_> {
         let db_mb = last.db_bytes as f64 / 1e6;
         let label = format!("{} delivered rows", thousands(rows));
         self.progress(&format!(
-            "outbox: filled {label} in {fill_s:.1} s ({:.0} rows/s; the first {probe} at \
+            "outbox: filled {label} in {fill_s:.1} s ({:.0} rows/s; the first {} at \
              {probe_rate:.0} rows/s); the database is {db_mb:.0} MB; starting hookd on it",
-            rows as f64 / fill_s.max(1e-9)
+            rows as f64 / fill_s.max(1e-9),
+            thousands(probe)
         ));
         let mut server = self.relaunch(&dir, &[])?;
         let mut case = Case::new("outbox", format!("fill, {label}"));
@@ -1243,10 +1244,11 @@ impl Bench<'_> {
         ));
         case.notes.push(format!(
             "each row is an event, its delivery (delivered) and one attempt (204), spread \
-             over the {} hooks, dated within the last hour; the first {probe} rows filled \
+             over the {} hooks, dated within the last hour; the first {} rows filled \
              at {probe_rate:.0} rows/s; the database also holds the rows of the \
              empty-database phases",
-            h + 1
+            h + 1,
+            thousands(probe)
         ));
         if rows < target_rows {
             let msg = format!(

@@ -180,7 +180,7 @@ fn index_upsert(hook: &Hook) -> IndexChange {
         tenant: hook.tenant.clone(),
         hook_id: hook.id.clone(),
         patterns: hook.events.clone(),
-        eligible: hook.status != HookStatus::Pending,
+        eligible: hook.status.receives_events(),
         batch_max: hook.batch_max,
     }
 }
@@ -1003,7 +1003,7 @@ pub(super) fn live_hooks(conn: &Connection) -> Result<Vec<LiveHook>, StoreError>
                 id: r.get(0)?,
                 tenant: r.get(1)?,
                 patterns: serde_json::from_str(&events).unwrap_or_default(),
-                eligible: status != HookStatus::Pending.as_str(),
+                eligible: HookStatus::parse(&status).is_some_and(HookStatus::receives_events),
                 batch_max: r.get(4)?,
                 last_seq: r.get(5)?,
             })

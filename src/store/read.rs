@@ -53,13 +53,19 @@ pub(super) fn hook_from_row(r: &Row, secrets: &SecretBox) -> rusqlite::Result<Ho
 const EVENT_COLUMNS: &str = "id, tenant, type, resource_id, data, created_at";
 
 fn event_from_row(r: &Row) -> rusqlite::Result<Event> {
+    event_at(r, 0)
+}
+
+/// The event whose [`EVENT_COLUMNS`] start at column `first` (a join puts them after
+/// other columns).
+fn event_at(r: &Row, first: usize) -> rusqlite::Result<Event> {
     Ok(Event {
-        id: r.get(0)?,
-        tenant: r.get(1)?,
-        event_type: r.get(2)?,
-        resource_id: r.get(3)?,
-        data: r.get(4)?,
-        created_at: r.get(5)?,
+        id: r.get(first)?,
+        tenant: r.get(first + 1)?,
+        event_type: r.get(first + 2)?,
+        resource_id: r.get(first + 3)?,
+        data: r.get(first + 4)?,
+        created_at: r.get(first + 5)?,
     })
 }
 
@@ -352,14 +358,7 @@ impl Reader {
         while let Some(r) = rows.next().ctx("reading a hook's queue")? {
             let q = Queued {
                 row: outbox_from_row(r).ctx("reading a hook's queue")?,
-                event: Event {
-                    id: r.get(6).ctx("reading an event")?,
-                    tenant: r.get(7).ctx("reading an event")?,
-                    event_type: r.get(8).ctx("reading an event")?,
-                    resource_id: r.get(9).ctx("reading an event")?,
-                    data: r.get(10).ctx("reading an event")?,
-                    created_at: r.get(11).ctx("reading an event")?,
-                },
+                event: event_at(r, 6).ctx("reading an event")?,
             };
             bytes += q.event.data.len();
             out.push(q);

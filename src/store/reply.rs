@@ -49,22 +49,27 @@ impl<T> ReplySender<T> {
 
     fn set(&self, value: State<T>) {
         let mut state = self.0.state.lock().unwrap_or_else(|p| p.into_inner());
-        match &*state {
+        match std::mem::replace(&mut *state, State::Taken) {
             State::Waiting => {
                 *state = value;
                 self.0.ready.notify_one();
             }
-            State::Forward(_) => {
-                let State::Forward(forward) = std::mem::replace(&mut *state, State::Taken) else {
-                    unreachable!()
-                };
+            State::Forward(forward) => {
                 drop(state);
-                forward(match value {
-                    State::Sent(v) => Some(v),
-                    _ => None,
-                });
+                forward(value.answer());
             }
-            _ => {}
+            // Answered already (a drop after `send`): keep that answer.
+            answered => *state = answered,
+        }
+    }
+}
+
+impl<T> State<T> {
+    /// What the caller gets: the value, or `None` when there was none.
+    fn answer(self) -> Option<T> {
+        match self {
+            State::Sent(v) => Some(v),
+            _ => None,
         }
     }
 }
@@ -88,10 +93,7 @@ impl<T> ReplyReceiver<T> {
         while matches!(*state, State::Waiting) {
             state = self.0.ready.wait(state).unwrap_or_else(|p| p.into_inner());
         }
-        match std::mem::replace(&mut *state, State::Taken) {
-            State::Sent(v) => Some(v),
-            _ => None,
-        }
+        std::mem::replace(&mut *state, State::Taken).answer()
     }
 
     /// Does not wait: `forward` gets the answer (`None` if the sender went away without
@@ -100,13 +102,9 @@ impl<T> ReplyReceiver<T> {
         let mut state = self.0.state.lock().unwrap_or_else(|p| p.into_inner());
         match std::mem::replace(&mut *state, State::Taken) {
             State::Waiting => *state = State::Forward(Box::new(forward)),
-            State::Sent(v) => {
+            answered => {
                 drop(state);
-                forward(Some(v));
-            }
-            _ => {
-                drop(state);
-                forward(None);
+                forward(answered.answer());
             }
         }
     }
