@@ -76,7 +76,7 @@ CREATE TABLE deliveries (
 -- The dispatcher's view: each hook's undelivered rows in sequence order.
 CREATE INDEX deliveries_open ON deliveries (hook_id, seq) WHERE status IN ('pending', 'failed');
 CREATE INDEX deliveries_by_event ON deliveries (event_id);
-CREATE INDEX deliveries_by_batch ON deliveries (batch_id);
+CREATE INDEX deliveries_by_batch ON deliveries (batch_id) WHERE batch_id IS NOT NULL;
 -- `hookd stats`: deliveries that went dead recently.
 CREATE INDEX deliveries_dead ON deliveries (updated_at) WHERE status = 'dead';
 

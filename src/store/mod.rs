@@ -30,7 +30,14 @@ const SCHEMA: &str = include_str!("../../schema.sql");
 
 /// Upgrades applied in order after the schema, each in its own transaction; append only.
 /// Entry `i` takes `user_version` from `i + 1` to `i + 2`.
-const MIGRATIONS: &[&str] = &[];
+const MIGRATIONS: &[&str] = &[
+    // 2: rows whose batch is not yet formed (hooks with batch_max > 1) stay out of the
+    // batch index, so a publish inserts one index entry fewer per row and forming the
+    // batch adds one instead of moving one. Every lookup is `batch_id = ?`, which SQLite
+    // answers from a partial index on `batch_id IS NOT NULL`.
+    "DROP INDEX deliveries_by_batch;
+     CREATE INDEX deliveries_by_batch ON deliveries (batch_id) WHERE batch_id IS NOT NULL;",
+];
 
 /// Bytes the WAL file is truncated back to after a checkpoint.
 pub const WAL_SIZE_LIMIT: i64 = 16 * 1024 * 1024;
@@ -507,4 +514,74 @@ impl Store {
 /// The API key for a token, if it is live.
 pub fn authenticate(reader: &Reader, token: &str) -> Result<Option<ApiKey>, StoreError> {
     reader.key_by_hash(&token_hash(token))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `type, name, sql` of every schema object, in name order.
+    fn schema_of(conn: &Connection) -> Vec<(String, String, Option<String>)> {
+        let mut stmt = conn
+            .prepare("SELECT type, name, sql FROM sqlite_schema ORDER BY name")
+            .unwrap();
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap();
+        rows.map(Result::unwrap).collect()
+    }
+
+    #[test]
+    fn a_first_version_database_is_migrated_to_the_schema_of_a_new_one() {
+        let dir = std::env::temp_dir().join(format!(
+            "hookd-migrate-{}-{}",
+            std::process::id(),
+            crate::clock::now_ms()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = dir.join("m.key");
+        let fresh = open(&dir.join("new.db"), &key).unwrap();
+        let expected = schema_of(&fresh.writer_conn);
+        drop(fresh);
+
+        // The first schema version, as hookd 1 created it, with a row in the outbox.
+        let old_path = dir.join("old.db");
+        drop(open(&old_path, &key).unwrap());
+        let conn = Connection::open(&old_path).unwrap();
+        conn.execute_batch(
+            "DROP INDEX deliveries_by_batch;
+             CREATE INDEX deliveries_by_batch ON deliveries (batch_id);
+             INSERT INTO hooks (id, tenant, target_url, events, payload, batch_max, status,
+                                secret, created_at, updated_at)
+             VALUES ('hk_1', 'default', 'http://127.0.0.1:9/', '[\"a\"]', 'full', 1,
+                     'active', 'x', 1, 1);
+             INSERT INTO events (id, tenant, type, data, created_at)
+             VALUES ('ev_1', 'default', 'a', '{}', 1);
+             INSERT INTO deliveries (id, hook_id, seq, event_id, batch_id, status,
+                                     created_at, updated_at)
+             VALUES ('dl_1', 'hk_1', 1, 'ev_1', 'dl_1', 'pending', 1, 1);
+             PRAGMA user_version = 1;",
+        )
+        .unwrap();
+        drop(conn);
+
+        let migrated = open(&old_path, &key).unwrap();
+        let conn = &migrated.writer_conn;
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        assert_eq!(schema_of(conn), expected);
+        // The row is still there and found through the new index.
+        let found: String = conn
+            .query_row(
+                "SELECT id FROM deliveries WHERE batch_id = 'dl_1'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(found, "dl_1");
+        drop(migrated);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
