@@ -10,9 +10,10 @@ use std::time::{Duration, Instant};
 use ureq::config::Config;
 use ureq::http::Uri;
 use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver};
-use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
+use ureq::unversioned::transport::{Connector, DefaultConnector, NextTimeout};
 use ureq::Agent;
 
+use super::cork::Corking;
 use crate::target::Policy;
 
 use crate::clock::now_ms;
@@ -113,7 +114,7 @@ pub fn agent(timeout: Duration, pool: usize, policy: Policy) -> Agent {
         policy: Arc::new(policy),
         inner: DefaultResolver::default(),
     };
-    Agent::with_parts(config, DefaultConnector::new(), resolver)
+    Agent::with_parts(config, DefaultConnector::new().chain(Corking), resolver)
 }
 
 /// What came back from a POST: status, headers we care about, the body's first 64 KiB.

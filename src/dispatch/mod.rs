@@ -14,6 +14,7 @@
 //! their latency. Slow-lane dispatchers help the fast lane when they have nothing else.
 
 pub mod client;
+mod cork;
 pub mod handshake;
 pub mod worker;
 
