@@ -152,27 +152,45 @@ fn deliver(shared: &Shared, reader: &Reader, hook_id: &str) -> Result<Ended, Sto
         healthy: true,
         uncommitted: None,
     };
-    let Some(hook) = reader.hook(hook_id)? else {
+    // The hook and the head of its queue, read together.
+    let first = reader.snapshot(|r| {
+        let Some(hook) = r.hook(hook_id)? else {
+            return Ok(None);
+        };
+        if hook.status != HookStatus::Active {
+            return Ok(None);
+        }
+        let need = hook.batch_max as usize + 1;
+        let rows = r.queued(
+            hook_id,
+            0,
+            need,
+            READ_AHEAD_ROWS.max(need),
+            READ_AHEAD_BYTES,
+        )?;
+        Ok(Some((hook, rows)))
+    })?;
+    let Some((hook, rows)) = first else {
         return Ok(idle);
     };
-    if hook.status != HookStatus::Active {
-        return Ok(idle);
-    }
     let started = Instant::now();
     let mut healthy = hook.consecutive_failures == 0;
+    // Rows up to this sequence were read (or sent) by this job; their outcomes may not
+    // be committed yet, so the queue is read after them.
+    let mut after = rows.last().map_or(0, |q| q.row.seq);
     // The hook's next open rows, read ahead. Only this job sends for this hook, so they
     // stay valid while it runs, except that a deletion or a retry elsewhere may change
     // them: a failure ends the job, and every job starts with a fresh read.
-    let mut ahead: VecDeque<Queued> = VecDeque::new();
-    // Rows up to this sequence were read (or sent) by this job; their outcomes may not
-    // be committed yet, so the queue is read after them.
-    let mut after = 0;
+    let mut ahead: VecDeque<Queued> = rows.into();
+    // The queue was just read: a short read means there is no more yet.
+    let mut just_read = true;
     let mut uncommitted = None;
     let mut sent = 0;
     // A batch decision needs the rows it may take and one more (is the head alone?).
     let need = hook.batch_max as usize + 1;
     let next = loop {
-        if ahead.len() < need {
+        let fresh = std::mem::replace(&mut just_read, false);
+        if ahead.len() < need && !fresh {
             let more = reader.queued(
                 hook_id,
                 after,

@@ -149,6 +149,26 @@ impl Reader {
         rows.collect::<Result<_, _>>().ctx("reading keys")
     }
 
+    /// Runs `f` in one read transaction: its queries see one snapshot, and the read
+    /// lock and the check for changes (which empties this connection's page cache when
+    /// the file changed) are paid once instead of once per query.
+    pub fn snapshot<T>(
+        &self,
+        f: impl FnOnce(&Reader) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.conn
+            .prepare_cached("BEGIN")
+            .and_then(|mut s| s.execute([]))
+            .ctx("starting a read")?;
+        let out = f(self);
+        let end = if out.is_ok() { "COMMIT" } else { "ROLLBACK" };
+        self.conn
+            .prepare_cached(end)
+            .and_then(|mut s| s.execute([]))
+            .ctx("ending a read")?;
+        out
+    }
+
     /// A live (not deleted) hook.
     pub fn hook(&self, id: &str) -> Result<Option<Hook>, StoreError> {
         let sql = format!("SELECT {HOOK_COLUMNS} FROM hooks WHERE id = ?1 AND deleted_at IS NULL");
