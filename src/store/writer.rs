@@ -592,7 +592,9 @@ mod tests {
             &mut conn,
             &mut state,
             &secrets,
+            // A run of one type (matched once), another type, the first again.
             vec![publish(vec![
+                event("t.a", None),
                 event("t.a", None),
                 event("t.b", None),
                 event("t.a", None),
@@ -618,8 +620,8 @@ mod tests {
                 .collect::<Result<_, _>>()
                 .unwrap()
         };
-        assert_eq!(seqs(&all.id), [1, 2, 3]);
-        assert_eq!(seqs(&only_a.id), [1, 2]);
+        assert_eq!(seqs(&all.id), [1, 2, 3, 4]);
+        assert_eq!(seqs(&only_a.id), [1, 2, 3]);
         drop(conn);
         let _ = std::fs::remove_dir_all(&dir);
     }
