@@ -265,6 +265,13 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<bool, StoreError> {
         )));
     }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip((version - 1) as usize) {
+        // A migration may rebuild an index over every row: seconds on a large file.
+        log::info!(
+            "{}: upgrading the schema from version {} to {}",
+            path.display(),
+            i + 1,
+            i + 2
+        );
         let tx = conn.transaction().ctx("starting a migration")?;
         tx.execute_batch(sql).ctx("applying a migration")?;
         tx.pragma_update(None, "user_version", i as i64 + 2)

@@ -113,6 +113,22 @@ pub struct Reader {
     secrets: Arc<SecretBox>,
 }
 
+/// A read transaction of [`Reader::snapshot`]; rolled back when dropped before it ended.
+struct OpenRead<'a> {
+    reader: &'a Reader,
+    ended: bool,
+}
+
+impl Drop for OpenRead<'_> {
+    fn drop(&mut self) {
+        if !self.ended {
+            if let Err(e) = self.reader.run("ROLLBACK") {
+                log::warn!("reader: cannot end a read transaction: {e}");
+            }
+        }
+    }
+}
+
 impl Reader {
     pub(super) fn new(conn: Connection, secrets: Arc<SecretBox>) -> Reader {
         Reader { conn, secrets }
@@ -156,17 +172,25 @@ impl Reader {
         &self,
         f: impl FnOnce(&Reader) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
+        self.run("BEGIN").ctx("starting a read")?;
+        // Ended on every way out, a panic in `f` included: a read transaction left
+        // open would make every later BEGIN here fail and keep the WAL from ever being
+        // started over.
+        let mut open = OpenRead {
+            reader: self,
+            ended: false,
+        };
+        let out = f(self)?;
+        self.run("COMMIT").ctx("ending a read")?;
+        open.ended = true;
+        Ok(out)
+    }
+
+    /// Runs a statement without parameters or rows, from the statement cache.
+    fn run(&self, sql: &str) -> rusqlite::Result<usize> {
         self.conn
-            .prepare_cached("BEGIN")
+            .prepare_cached(sql)
             .and_then(|mut s| s.execute([]))
-            .ctx("starting a read")?;
-        let out = f(self);
-        let end = if out.is_ok() { "COMMIT" } else { "ROLLBACK" };
-        self.conn
-            .prepare_cached(end)
-            .and_then(|mut s| s.execute([]))
-            .ctx("ending a read")?;
-        out
     }
 
     /// A live (not deleted) hook.
@@ -517,5 +541,42 @@ impl Reader {
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
             .ctx("finding queued work")?;
         rows.collect::<Result<_, _>>().ctx("finding queued work")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::panic::{catch_unwind, AssertUnwindSafe};
+
+    use super::*;
+
+    #[test]
+    fn a_snapshot_that_fails_or_panics_leaves_the_reader_usable() {
+        let dir = std::env::temp_dir().join(format!(
+            "hookd-read-{}-{}",
+            std::process::id(),
+            crate::clock::now_ms()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let opened = super::super::open(&dir.join("r.db"), &dir.join("r.key")).unwrap();
+        let reader = super::super::open_reader(&opened.path, opened.secrets.clone()).unwrap();
+
+        let failed: Result<(), StoreError> = reader.snapshot(|_| Err(StoreError::NotFound));
+        assert!(matches!(failed, Err(StoreError::NotFound)), "{failed:?}");
+        let panicked = catch_unwind(AssertUnwindSafe(|| {
+            reader.snapshot(|r| -> Result<(), StoreError> {
+                r.ping()?;
+                panic!("inside a read transaction")
+            })
+        }));
+        assert!(panicked.is_err());
+
+        // Each way out ended its transaction, and a new one starts.
+        assert!(reader.conn.is_autocommit());
+        let hook = reader.snapshot(|r| r.hook("hk_none")).unwrap();
+        assert!(hook.is_none());
+        drop(reader);
+        drop(opened);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
