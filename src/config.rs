@@ -101,6 +101,11 @@ pub struct ServeArgs {
     /// A client connection that sends nothing for this long is closed.
     #[arg(long, env = "HOOKD_READ_TIMEOUT", default_value = "10s")]
     pub read_timeout: String,
+    /// How often the scheduler re-reads which hooks have undelivered rows. Work this
+    /// server queues wakes it at once; this is how it sees rows the CLI queued (a
+    /// replay, a retry) from another process.
+    #[arg(long, env = "HOOKD_RESYNC_INTERVAL", default_value = "5s")]
+    pub resync_interval: String,
 }
 
 /// Everything `serve` needs, validated.
@@ -129,6 +134,7 @@ pub struct Config {
     pub retention: Duration,
     pub writer_queue: usize,
     pub enqueue_timeout: Duration,
+    pub resync_interval: Duration,
 }
 
 #[derive(Debug)]
@@ -169,6 +175,10 @@ impl ServeArgs {
             return Err(ConfigError("--retention must be above 0".into()));
         }
         let enqueue_timeout = flag_duration("--enqueue-timeout", &self.enqueue_timeout)?;
+        let resync_interval = flag_duration("--resync-interval", &self.resync_interval)?;
+        if resync_interval.is_zero() {
+            return Err(ConfigError("--resync-interval must be above 0".into()));
+        }
         if self.writer_queue == 0 {
             return Err(ConfigError("--writer-queue must be at least 1".into()));
         }
@@ -232,6 +242,7 @@ impl ServeArgs {
             retention,
             writer_queue: self.writer_queue,
             enqueue_timeout,
+            resync_interval,
         })
     }
 }

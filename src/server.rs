@@ -116,8 +116,16 @@ pub fn run(config: Config) -> Result<(), Error> {
         fast: fast_tx,
         slow: slow_tx,
     };
+    let resync_every = config.resync_interval;
     let scheduler = spawn("scheduler".into(), move || {
-        dispatch::run_scheduler(scheduler_reader, wake_rx, done_rx, lanes, stop_rx)
+        dispatch::run_scheduler(
+            scheduler_reader,
+            wake_rx,
+            done_rx,
+            lanes,
+            stop_rx,
+            resync_every,
+        )
     })?;
     let shared = worker::Shared {
         store: store.clone(),

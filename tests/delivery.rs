@@ -277,3 +277,39 @@ fn batches_are_arrays_of_at_most_batch_max_in_sequence_order() {
     let ids: HashSet<&str> = reqs.iter().map(Recorded::webhook_id).collect();
     assert_eq!(ids.len(), reqs.len(), "each batch has its own webhook-id");
 }
+
+/// A job that read to the end of its hook's queue does not look again before it ends:
+/// rows queued while it is out must reach the receiver through the writer's wake-ups
+/// alone. The periodic re-read of queued hooks is an hour away here, so a row left
+/// behind would never be sent.
+#[test]
+fn rows_queued_while_their_hook_is_out_are_sent_without_the_periodic_reread() {
+    let hookd = Hookd::options().arg("--resync-interval").arg("1h").start();
+    let (sink_one, sink_many) = (Sink::start(), Sink::start());
+    let one = hookd.create_hook(json!({
+        "target_url": sink_one.url("/one"), "event": "w.*"
+    }));
+    let many = hookd.create_hook(json!({
+        "target_url": sink_many.url("/many"), "event": "w.*", "batch_max": 5
+    }));
+    // The first delivery to each is held while the next events are published: each
+    // hook's job has read its whole queue (one row) and is out.
+    for sink in [&sink_one, &sink_many] {
+        sink.script([Reply::ok().delay(Duration::from_millis(500))]);
+    }
+    let mut published = vec![hookd.publish("w.tick", "0", json!(null))];
+    sink_one.wait_for(1);
+    sink_many.wait_for(1);
+    for i in 1..4 {
+        published.push(hookd.publish("w.tick", &i.to_string(), json!(null)));
+    }
+
+    for (hook, sink) in [(&one, &sink_one), (&many, &sink_many)] {
+        let events = sink.wait_delivered(4);
+        assert_eq!(seqs(&events), [1, 2, 3, 4], "{}", hook.id);
+        assert_eq!(event_ids(&events), published, "{}", hook.id);
+        for req in sink.requests() {
+            req.assert_signed(&hook.secret);
+        }
+    }
+}

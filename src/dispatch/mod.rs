@@ -164,24 +164,23 @@ pub struct LaneSenders {
     pub slow: Sender<Job>,
 }
 
-/// How often the scheduler re-reads which hooks have undelivered rows. Wakeups from
-/// the writer cover everything this process does; this covers changes made by another
-/// process (the `hookd` CLI working on the same file) and is a safety net.
-const RESYNC_EVERY: Duration = Duration::from_secs(5);
-
 /// The scheduler thread's loop. Reads which hooks have undelivered rows at start and
-/// every [`RESYNC_EVERY`]. Ends when `stop` receives (or is closed).
+/// every `resync_every` (`--resync-interval`): wake-ups from the writer cover
+/// everything this process does; the re-read covers changes made by another process
+/// (the `hookd` CLI working on the same file). Ends when `stop` receives (or is
+/// closed).
 pub fn run_scheduler(
     reader: Reader,
     wakeups: Receiver<Wakeup>,
     done: Receiver<Done>,
     jobs: LaneSenders,
     stop: Receiver<()>,
+    resync_every: Duration,
 ) {
     let mut schedule = Schedule::default();
     let mut last_sync: Option<std::time::Instant> = None;
     loop {
-        if last_sync.is_none_or(|t| t.elapsed() >= RESYNC_EVERY) {
+        if last_sync.is_none_or(|t| t.elapsed() >= resync_every) {
             last_sync = Some(std::time::Instant::now());
             match reader.hooks_with_open_work() {
                 Ok(hooks) => {

@@ -170,7 +170,7 @@ fn deliver(shared: &Shared, reader: &Reader, hook_id: &str) -> Result<Ended, Sto
         )?;
         Ok(Some((hook, rows)))
     })?;
-    let Some((hook, rows)) = first else {
+    let Some((hook, (rows, end))) = first else {
         return Ok(idle);
     };
     let started = Instant::now();
@@ -182,22 +182,24 @@ fn deliver(shared: &Shared, reader: &Reader, hook_id: &str) -> Result<Ended, Sto
     // stay valid while it runs, except that a deletion or a retry elsewhere may change
     // them: a failure ends the job, and every job starts with a fresh read.
     let mut ahead: VecDeque<Queued> = rows.into();
-    // The queue was just read: a short read means there is no more yet.
-    let mut just_read = true;
+    // The last read reached the end of the queue, so `ahead` holds all of it. Reading
+    // again would find nothing this job needs: rows queued since then wake the
+    // scheduler, which hands the hook out again as soon as this job is done.
+    let mut end = end;
     let mut uncommitted = None;
     let mut sent = 0;
     // A batch decision needs the rows it may take and one more (is the head alone?).
     let need = hook.batch_max as usize + 1;
     let next = loop {
-        let fresh = std::mem::replace(&mut just_read, false);
-        if ahead.len() < need && !fresh {
-            let more = reader.queued(
+        if ahead.len() < need && !end {
+            let (more, more_end) = reader.queued(
                 hook_id,
                 after,
                 need - ahead.len(),
                 READ_AHEAD_ROWS.max(need),
                 READ_AHEAD_BYTES,
             )?;
+            end = more_end;
             if let Some(last) = more.last() {
                 after = last.row.seq;
             }
@@ -222,8 +224,10 @@ fn deliver(shared: &Shared, reader: &Reader, hook_id: &str) -> Result<Ended, Sto
         )? {
             Claimed::Head(n) => ahead.drain(..n).collect::<Vec<_>>(),
             Claimed::Reread(batch) => {
-                // Read from the database: what was read ahead may be stale.
+                // Read from the database: what was read ahead may be stale, and what
+                // follows the batch is read again.
                 ahead.clear();
+                end = false;
                 after = batch.last().map_or(after, |q| q.row.seq);
                 batch
             }

@@ -382,7 +382,7 @@ impl Reader {
         min: usize,
         max: usize,
         max_bytes: usize,
-    ) -> Result<Vec<Queued>, StoreError> {
+    ) -> Result<(Vec<Queued>, bool), StoreError> {
         // CROSS JOIN keeps the hook's queue (the partial index) as the outer loop.
         let mut stmt = self
             .conn
@@ -407,10 +407,11 @@ impl Reader {
             bytes += q.event.data.len();
             out.push(q);
             if out.len() >= min && bytes >= max_bytes {
-                break;
+                return Ok((out, false));
             }
         }
-        Ok(out)
+        let end = out.len() < max;
+        Ok((out, end))
     }
 
     /// The still-open rows of one batch, in sequence order.
