@@ -523,6 +523,18 @@ pub fn authenticate(reader: &Reader, token: &str) -> Result<Option<ApiKey>, Stor
     reader.key_by_hash(&token_hash(token))
 }
 
+/// A new, empty directory for one test's database files.
+#[cfg(test)]
+pub(crate) fn test_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "hookd-{name}-{}-{}",
+        std::process::id(),
+        crate::clock::now_ms()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -540,12 +552,7 @@ mod tests {
 
     #[test]
     fn a_first_version_database_is_migrated_to_the_schema_of_a_new_one() {
-        let dir = std::env::temp_dir().join(format!(
-            "hookd-migrate-{}-{}",
-            std::process::id(),
-            crate::clock::now_ms()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = test_dir("migrate");
         let key = dir.join("m.key");
         let fresh = open(&dir.join("new.db"), &key).unwrap();
         let expected = schema_of(&fresh.writer_conn);

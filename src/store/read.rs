@@ -553,12 +553,7 @@ mod tests {
 
     #[test]
     fn a_snapshot_that_fails_or_panics_leaves_the_reader_usable() {
-        let dir = std::env::temp_dir().join(format!(
-            "hookd-read-{}-{}",
-            std::process::id(),
-            crate::clock::now_ms()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = super::super::test_dir("read");
         let opened = super::super::open(&dir.join("r.db"), &dir.join("r.key")).unwrap();
         let reader = super::super::open_reader(&opened.path, opened.secrets.clone()).unwrap();
 

@@ -540,12 +540,7 @@ mod tests {
     /// A fresh store in the temp directory: its directory, writer connection, secrets
     /// and writer state.
     fn fresh_store(name: &str) -> (std::path::PathBuf, Connection, Arc<SecretBox>, WriterState) {
-        let dir = std::env::temp_dir().join(format!(
-            "hookd-writer-{name}-{}-{}",
-            std::process::id(),
-            crate::clock::now_ms()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = super::super::test_dir(&format!("writer-{name}"));
         let opened = super::super::open(&dir.join("w.db"), &dir.join("w.key")).unwrap();
         let state = WriterState::new(&opened.writer_conn).unwrap();
         (dir, opened.writer_conn, opened.secrets, state)
