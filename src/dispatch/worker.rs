@@ -160,7 +160,7 @@ fn deliver(shared: &Shared, reader: &Reader, hook_id: &str) -> Result<Ended, Sto
         if hook.status != HookStatus::Active {
             return Ok(None);
         }
-        let need = hook.batch_max as usize + 1;
+        let need = rows_needed(&hook);
         let rows = r.queued(
             hook_id,
             0,
@@ -188,8 +188,7 @@ fn deliver(shared: &Shared, reader: &Reader, hook_id: &str) -> Result<Ended, Sto
     let mut end = end;
     let mut uncommitted = None;
     let mut sent = 0;
-    // A batch decision needs the rows it may take and one more (is the head alone?).
-    let need = hook.batch_max as usize + 1;
+    let need = rows_needed(&hook);
     let next = loop {
         if ahead.len() < need && !end {
             let (more, more_end) = reader.queued(
@@ -263,6 +262,11 @@ fn deliver(shared: &Shared, reader: &Reader, hook_id: &str) -> Result<Ended, Sto
         healthy,
         uncommitted,
     })
+}
+
+/// Rows a batch decision needs: the rows it may take and one more (is the head alone?).
+fn rows_needed(hook: &Hook) -> usize {
+    hook.batch_max as usize + 1
 }
 
 /// One request: builds, signs and sends the batch, and decides what follows.

@@ -374,7 +374,9 @@ impl Reader {
     /// The hook's oldest undelivered rows after sequence `after`, in sequence order,
     /// each with its event: what a dispatcher sends, in one query. At least `min` rows
     /// when there are that many; then more, up to `max`, while the events' data stays
-    /// under `max_bytes` (rows are stepped lazily, so the rest is never read).
+    /// under `max_bytes` (rows are stepped lazily, so the rest is never read). The flag
+    /// is true when the rows ran out first: these are all the hook's open rows after
+    /// `after` as of this read.
     pub fn queued(
         &self,
         hook_id: &str,
