@@ -574,6 +574,18 @@ impl Hookd {
             args.push("--disable-after".into());
             args.push(n.to_string());
         }
+        // The scheduler's periodic re-read of queued hooks is a safety net for changes
+        // another process (the CLI) makes. The suite puts it an hour away, so every
+        // test shows that this server's own work reaches the dispatchers by its
+        // wake-ups; tests of the CLI beside a running server set a short one.
+        if !opts
+            .extra
+            .iter()
+            .any(|a| a.starts_with("--resync-interval"))
+        {
+            args.push("--resync-interval".into());
+            args.push("1h".into());
+        }
         args.extend(opts.extra.iter().cloned());
         let mut hookd = Hookd {
             child: None,
