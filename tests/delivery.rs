@@ -159,9 +159,7 @@ fn sequence_is_gapless_and_in_order_under_concurrent_publishing() {
             .collect();
         assert_eq!(ns, (0..25).collect::<Vec<i64>>(), "thread {t}'s events");
     }
-    for req in sink.requests() {
-        req.assert_signed(&hook.secret);
-    }
+    sink.assert_all_signed(&hook.secret);
 }
 
 #[test]
@@ -308,9 +306,7 @@ fn rows_queued_while_their_hook_is_out_are_sent_without_the_periodic_reread() {
         let events = sink.wait_delivered(4);
         assert_eq!(seqs(&events), [1, 2, 3, 4], "{}", hook.id);
         assert_eq!(event_ids(&events), published, "{}", hook.id);
-        for req in sink.requests() {
-            req.assert_signed(&hook.secret);
-        }
+        sink.assert_all_signed(&hook.secret);
     }
 }
 
@@ -339,9 +335,7 @@ fn large_bodies_arrive_intact() {
 
     let events = sink.wait_delivered(sizes.len());
     assert_eq!(sink.count(), sizes.len(), "one request per event");
-    for req in sink.requests() {
-        req.assert_signed(&single.secret);
-    }
+    sink.assert_all_signed(&single.secret);
     let ids: Vec<String> = published.iter().map(|(id, _)| id.clone()).collect();
     assert_eq!(event_ids(&events), ids);
     for (event, (_, data)) in events.iter().zip(&published) {

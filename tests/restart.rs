@@ -38,9 +38,7 @@ fn restart_after_kill_keeps_hooks_and_delivers_undelivered_events_in_order() {
     let events = sink.wait_delivered(5);
     assert_eq!(event_ids(&events), ids, "delivered after restart");
     assert_eq!(seqs(&events), [1, 2, 3, 4, 5]);
-    for req in sink.requests() {
-        req.assert_signed(&hook.secret);
-    }
+    sink.assert_all_signed(&hook.secret);
     // The first event's attempts before and after the kill are one delivery.
     let reqs = sink.requests();
     let first: Vec<&Recorded> = reqs

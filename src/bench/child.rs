@@ -178,7 +178,8 @@ impl Server {
     }
 
     /// Stops it as an operator would: SIGTERM, and a clean shutdown (work in flight
-    /// finished, the WAL checkpointed, the lock file released) within `limit`. An error when it does not exit 0 in time (it is killed then).
+    /// finished, the WAL checkpointed, the lock file released) within `limit`. An error
+    /// when it does not exit 0 in time (it is killed then).
     pub fn shutdown(mut self, limit: Duration) -> Result<(), String> {
         let pid = self.pid().to_string();
         // std can only send SIGKILL; `kill(1)` is on every machine hookd runs on.

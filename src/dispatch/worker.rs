@@ -170,7 +170,7 @@ fn deliver(shared: &Shared, reader: &Reader, hook_id: &str) -> Result<Ended, Sto
         )?;
         Ok(Some((hook, rows)))
     })?;
-    let Some((hook, (rows, end))) = first else {
+    let Some((hook, (rows, mut end))) = first else {
         return Ok(idle);
     };
     let started = Instant::now();
@@ -182,14 +182,13 @@ fn deliver(shared: &Shared, reader: &Reader, hook_id: &str) -> Result<Ended, Sto
     // stay valid while it runs, except that a deletion or a retry elsewhere may change
     // them: a failure ends the job, and every job starts with a fresh read.
     let mut ahead: VecDeque<Queued> = rows.into();
-    // The last read reached the end of the queue, so `ahead` holds all of it. Reading
-    // again would find nothing this job needs: rows queued since then wake the
-    // scheduler, which hands the hook out again as soon as this job is done.
-    let mut end = end;
     let mut uncommitted = None;
     let mut sent = 0;
     let need = rows_needed(&hook);
     let next = loop {
+        // `end`: the last read reached the end of the queue, so `ahead` holds all of
+        // it. Reading again would find nothing this job needs: rows queued since then
+        // wake the scheduler, which hands the hook out again as soon as this job is done.
         if ahead.len() < need && !end {
             let (more, more_end) = reader.queued(
                 hook_id,

@@ -1317,6 +1317,14 @@ impl Sink {
         self.state.lock().unwrap().requests.clone()
     }
 
+    /// Asserts that every request received so far is signed with `secret`.
+    #[track_caller]
+    pub fn assert_all_signed(&self, secret: &str) {
+        for req in self.requests() {
+            req.assert_signed(secret);
+        }
+    }
+
     /// Deliveries received on one path.
     pub fn requests_to(&self, path: &str) -> Vec<Recorded> {
         self.requests()
