@@ -202,7 +202,8 @@ fn fill(conn: &mut Connection, hooks: &[String], rows: u64) -> Result<Vec<u64>, 
                 end - first
             )));
         }
-        // The delivery shares the event's 26 characters: time order, and unique.
+        // The delivery shares the event's 26 characters: time order, and unique. Its rows
+        // go in hook by hook, the table's order (see schema.sql), not one page each.
         tx.execute(
             "INSERT INTO deliveries (id, hook_id, seq, event_id, batch_id, status, attempts,
                                      next_attempt_at, created_at, updated_at)
@@ -210,7 +211,8 @@ fn fill(conn: &mut Connection, hooks: &[String], rows: u64) -> Result<Vec<u64>, 
                     e.id, 'dlv_' || substr(e.id, 5), 'delivered', 1, NULL,
                     e.created_at, e.created_at + 1
              FROM events e CROSS JOIN temp.fill_hooks h
-             WHERE e.rowid > ?1 AND h.k = (e.rowid - ?1 - 1 + ?2) % ?3",
+             WHERE e.rowid > ?1 AND h.k = (e.rowid - ?1 - 1 + ?2) % ?3
+             ORDER BY h.k, e.rowid",
             params![r0, first, h],
         )
         .ctx("filling deliveries")?;
@@ -338,7 +340,7 @@ mod tests {
             .prepare(
                 "SELECT id, hook_id, seq, event_id, batch_id, status, attempts, next_attempt_at,
                         created_at
-                 FROM deliveries ORDER BY rowid",
+                 FROM deliveries ORDER BY id",
             )
             .unwrap();
         stmt.query_map([], |r| {

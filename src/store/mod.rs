@@ -37,6 +37,42 @@ const MIGRATIONS: &[&str] = &[
     // answers from a partial index on `batch_id IS NOT NULL`.
     "DROP INDEX deliveries_by_batch;
      CREATE INDEX deliveries_by_batch ON deliveries (batch_id) WHERE batch_id IS NOT NULL;",
+    // 3: the outbox is stored in (hook_id, seq) order instead of insertion order, so a
+    // hook's consecutive rows share pages (the queue of a backlog published for many
+    // hooks at once lay one row per page). SQLite cannot change a table's key in
+    // place: the rows are copied into a new table, in key order. The old table is
+    // renamed first (its indexes go with it) so the new one is created by the same
+    // statement as in schema.sql, character for character (the migration test compares
+    // the two schemas).
+    "ALTER TABLE deliveries RENAME TO deliveries_v2;
+     DROP INDEX deliveries_open;
+     DROP INDEX deliveries_by_event;
+     DROP INDEX deliveries_by_batch;
+     DROP INDEX deliveries_dead;
+     CREATE TABLE deliveries (
+    id              TEXT NOT NULL UNIQUE,
+    hook_id         TEXT NOT NULL REFERENCES hooks (id),
+    seq             INTEGER NOT NULL,
+    event_id        TEXT NOT NULL REFERENCES events (id),
+    batch_id        TEXT,
+    status          TEXT NOT NULL
+                    CHECK (status IN ('pending', 'failed', 'delivered', 'dead', 'cancelled')),
+    attempts        INTEGER NOT NULL DEFAULT 0,  -- in the current round of the schedule
+    next_attempt_at INTEGER,
+    created_at      INTEGER NOT NULL,
+    updated_at      INTEGER NOT NULL,
+    PRIMARY KEY (hook_id, seq)
+) WITHOUT ROWID;
+     INSERT INTO deliveries (id, hook_id, seq, event_id, batch_id, status, attempts,
+                             next_attempt_at, created_at, updated_at)
+         SELECT id, hook_id, seq, event_id, batch_id, status, attempts,
+                next_attempt_at, created_at, updated_at
+         FROM deliveries_v2 ORDER BY hook_id, seq;
+     DROP TABLE deliveries_v2;
+     CREATE INDEX deliveries_open ON deliveries (hook_id, seq) WHERE status IN ('pending', 'failed');
+     CREATE INDEX deliveries_by_event ON deliveries (event_id);
+     CREATE INDEX deliveries_by_batch ON deliveries (batch_id) WHERE batch_id IS NOT NULL;
+     CREATE INDEX deliveries_dead ON deliveries (updated_at) WHERE status = 'dead';",
 ];
 
 /// Bytes the WAL file is truncated back to after a checkpoint.
@@ -558,25 +594,62 @@ mod tests {
         let expected = schema_of(&fresh.writer_conn);
         drop(fresh);
 
-        // The first schema version, as hookd 1 created it, with a row in the outbox.
+        // The first schema version, as hookd 1 created it (the outbox in insertion
+        // order, every row in the batch index), with rows of two hooks in the outbox.
         let old_path = dir.join("old.db");
         drop(open(&old_path, &key).unwrap());
         let conn = Connection::open(&old_path).unwrap();
         conn.execute_batch(
-            "DROP INDEX deliveries_by_batch;
+            "DROP TABLE deliveries;
+             CREATE TABLE deliveries (
+                 id              TEXT PRIMARY KEY,
+                 hook_id         TEXT NOT NULL REFERENCES hooks (id),
+                 seq             INTEGER NOT NULL,
+                 event_id        TEXT NOT NULL REFERENCES events (id),
+                 batch_id        TEXT,
+                 status          TEXT NOT NULL
+                     CHECK (status IN ('pending', 'failed', 'delivered', 'dead', 'cancelled')),
+                 attempts        INTEGER NOT NULL DEFAULT 0,
+                 next_attempt_at INTEGER,
+                 created_at      INTEGER NOT NULL,
+                 updated_at      INTEGER NOT NULL,
+                 UNIQUE (hook_id, seq)
+             );
+             CREATE INDEX deliveries_open ON deliveries (hook_id, seq)
+                 WHERE status IN ('pending', 'failed');
+             CREATE INDEX deliveries_by_event ON deliveries (event_id);
              CREATE INDEX deliveries_by_batch ON deliveries (batch_id);
+             CREATE INDEX deliveries_dead ON deliveries (updated_at) WHERE status = 'dead';
              INSERT INTO hooks (id, tenant, target_url, events, payload, batch_max, status,
                                 secret, created_at, updated_at)
              VALUES ('hk_1', 'default', 'http://127.0.0.1:9/', '[\"a\"]', 'full', 1,
+                     'active', 'x', 1, 1),
+                    ('hk_2', 'default', 'http://127.0.0.1:9/', '[\"a\"]', 'full', 10,
                      'active', 'x', 1, 1);
              INSERT INTO events (id, tenant, type, data, created_at)
-             VALUES ('ev_1', 'default', 'a', '{}', 1);
-             INSERT INTO deliveries (id, hook_id, seq, event_id, batch_id, status,
-                                     created_at, updated_at)
-             VALUES ('dl_1', 'hk_1', 1, 'ev_1', 'dl_1', 'pending', 1, 1);
+             VALUES ('ev_1', 'default', 'a', '{}', 1), ('ev_2', 'default', 'a', '{}', 2);
+             INSERT INTO deliveries (id, hook_id, seq, event_id, batch_id, status, attempts,
+                                     next_attempt_at, created_at, updated_at)
+             VALUES ('dl_1', 'hk_1', 1, 'ev_1', 'dl_1', 'delivered', 1, NULL, 1, 5),
+                    ('dl_2', 'hk_2', 1, 'ev_1', 'dl_2', 'failed', 3, 99, 1, 6),
+                    ('dl_3', 'hk_1', 2, 'ev_2', 'dl_3', 'pending', 0, 2, 2, 2),
+                    ('dl_4', 'hk_2', 2, 'ev_2', NULL, 'pending', 0, 2, 2, 2);
              PRAGMA user_version = 1;",
         )
         .unwrap();
+        let rows = |conn: &Connection| -> Vec<String> {
+            let mut stmt = conn
+                .prepare(
+                    "SELECT json_array(id, hook_id, seq, event_id, batch_id, status, attempts,
+                                       next_attempt_at, created_at, updated_at)
+                     FROM deliveries ORDER BY id",
+                )
+                .unwrap();
+            let rows = stmt.query_map([], |r| r.get(0)).unwrap();
+            rows.map(Result::unwrap).collect()
+        };
+        let before = rows(&conn);
+        assert_eq!(before.len(), 4);
         drop(conn);
 
         let migrated = open(&old_path, &key).unwrap();
@@ -586,15 +659,37 @@ mod tests {
             .unwrap();
         assert_eq!(version, SCHEMA_VERSION);
         assert_eq!(schema_of(conn), expected);
-        // The row is still there and found through the new index.
+        assert_eq!(rows(conn), before, "every row kept, every column as it was");
+        let check: String = conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(check, "ok");
+        let broken: i64 = conn
+            .query_row("SELECT count(*) FROM pragma_foreign_key_check", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(broken, 0);
+        // Found through the new indexes: the batch index, and the open rows in order.
         let found: String = conn
             .query_row(
-                "SELECT id FROM deliveries WHERE batch_id = 'dl_1'",
+                "SELECT id FROM deliveries WHERE batch_id = 'dl_2'",
                 [],
                 |r| r.get(0),
             )
             .unwrap();
-        assert_eq!(found, "dl_1");
+        assert_eq!(found, "dl_2");
+        let open_rows: Vec<String> = {
+            let mut stmt = conn
+                .prepare(
+                    "SELECT id FROM deliveries INDEXED BY deliveries_open
+                     WHERE hook_id = 'hk_2' AND status IN ('pending', 'failed') ORDER BY seq",
+                )
+                .unwrap();
+            let rows = stmt.query_map([], |r| r.get(0)).unwrap();
+            rows.map(Result::unwrap).collect()
+        };
+        assert_eq!(open_rows, ["dl_2", "dl_4"]);
         drop(migrated);
         std::fs::remove_dir_all(&dir).unwrap();
     }

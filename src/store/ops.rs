@@ -314,7 +314,8 @@ fn delete_hook(
     .ctx("deleting a hook")?;
     // Unsubscribed: what it has not received yet will never be sent.
     conn.execute(
-        "UPDATE deliveries SET status = 'cancelled', next_attempt_at = NULL, updated_at = ?2
+        "UPDATE deliveries INDEXED BY deliveries_open
+         SET status = 'cancelled', next_attempt_at = NULL, updated_at = ?2
          WHERE hook_id = ?1 AND status IN ('pending', 'failed')",
         params![hook.id, now],
     )
@@ -348,7 +349,7 @@ fn activate_hook(
     .ctx("activating a hook")?;
     // Held deliveries go out now, in order, starting from the oldest.
     conn.execute(
-        "UPDATE deliveries SET next_attempt_at = ?2
+        "UPDATE deliveries INDEXED BY deliveries_open SET next_attempt_at = ?2
          WHERE hook_id = ?1 AND status IN ('pending', 'failed')",
         params![hook.id, now],
     )
@@ -811,7 +812,8 @@ fn record_attempt(
 /// When the hook's oldest open delivery is due, if the hook may send at all.
 fn next_due(conn: &Connection, hook_id: &str) -> Result<Option<Millis>, StoreError> {
     conn.prepare_cached(
-        "SELECT d.next_attempt_at FROM deliveries d JOIN hooks h ON h.id = d.hook_id
+        "SELECT d.next_attempt_at
+         FROM deliveries d INDEXED BY deliveries_open JOIN hooks h ON h.id = d.hook_id
          WHERE d.hook_id = ?1 AND d.status IN ('pending', 'failed')
            AND h.status = 'active' AND h.deleted_at IS NULL
          ORDER BY d.seq LIMIT 1",

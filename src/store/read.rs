@@ -386,12 +386,16 @@ impl Reader {
         max_bytes: usize,
     ) -> Result<(Vec<Queued>, bool), StoreError> {
         // CROSS JOIN keeps the hook's queue (the partial index) as the outer loop.
+        // INDEXED BY: the table's own key also starts with (hook_id, seq), and SQLite
+        // may pick it, walking the hook's whole delivered history to find the open rows.
+        // Every query for a hook's open rows names the partial index for that reason.
         let mut stmt = self
             .conn
             .prepare_cached(
                 "SELECT d.id, d.seq, d.event_id, d.batch_id, d.attempts, d.next_attempt_at,
                         e.id, e.tenant, e.type, e.resource_id, e.data, e.created_at
-                 FROM deliveries d CROSS JOIN events e ON e.id = d.event_id
+                 FROM deliveries d INDEXED BY deliveries_open
+                 CROSS JOIN events e ON e.id = d.event_id
                  WHERE d.hook_id = ?1 AND d.status IN ('pending', 'failed') AND d.seq > ?2
                  ORDER BY d.seq LIMIT ?3",
             )
@@ -536,7 +540,7 @@ impl Reader {
             .prepare(
                 "SELECT h.id, h.consecutive_failures > 0 FROM hooks h
                  WHERE h.deleted_at IS NULL AND h.status = 'active' AND EXISTS (
-                     SELECT 1 FROM deliveries d
+                     SELECT 1 FROM deliveries d INDEXED BY deliveries_open
                      WHERE d.hook_id = h.id AND d.status IN ('pending', 'failed'))",
             )
             .ctx("finding queued work")?;
