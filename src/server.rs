@@ -76,11 +76,12 @@ pub fn run(config: Config) -> Result<(), Error> {
         store::writer::run(writer_conn, writer_secrets, write_rx, wake_tx)
     })?;
 
-    let agent = dispatch::client::agent(
-        config.delivery_timeout,
-        config.dispatchers,
-        config.target_policy.clone(),
-    );
+    let client = dispatch::client::Client {
+        timeout: config.delivery_timeout,
+        policy: config.target_policy.clone(),
+    };
+    // Handshakes share one client; each dispatcher builds its own.
+    let agent = client.shared(config.dispatchers);
     let listener = bind(config.listen, config.read_timeout)?;
     let addr = listener.local_addr()?;
     // A body gets three read timeouts in all: slow links pass, trickling clients do not.
@@ -129,7 +130,7 @@ pub fn run(config: Config) -> Result<(), Error> {
     })?;
     let shared = worker::Shared {
         store: store.clone(),
-        agent,
+        client,
         schedule: Arc::new(config.retry_schedule.clone()),
         disable_after: config.disable_after,
         stopping: stopping.clone(),

@@ -337,13 +337,17 @@ pub fn delivery_ceiling(
         allow_private: true,
         ..Default::default()
     };
-    let agent = crate::dispatch::client::agent(Duration::from_secs(10), threads, policy);
+    // Built as hookd builds its dispatchers' clients: one per thread.
+    let client = crate::dispatch::client::Client {
+        timeout: Duration::from_secs(10),
+        policy,
+    };
     let ok = AtomicU64::new(0);
     let start = Instant::now();
     let until = start + duration;
     thread::scope(|scope| {
         for t in 0..threads {
-            let (agent, ok) = (agent.clone(), &ok);
+            let (agent, ok) = (client.dispatcher_agent(), &ok);
             thread::Builder::new()
                 .name(format!("bench-client-{t}"))
                 .spawn_scoped(scope, move || {

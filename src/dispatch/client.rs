@@ -1,5 +1,5 @@
-//! The HTTP client for deliveries: one ureq agent shared by every dispatcher, with
-//! keep-alive, explicit timeouts, no redirects and no proxy from the environment. Turns
+//! The HTTP client for deliveries: a ureq agent per dispatcher thread (and one shared
+//! by the handshakes), with keep-alive, explicit timeouts, no redirects and no proxy from the environment. Turns
 //! whatever happens into an [`AttemptResult`]; nothing here returns an error upward.
 
 use std::io::Read;
@@ -92,8 +92,33 @@ impl Resolver for GuardedResolver {
     }
 }
 
-/// The one client for deliveries and handshakes.
-pub fn agent(timeout: Duration, pool: usize, policy: Policy) -> Agent {
+/// How the delivery clients are built: the shared one (handshakes) and one per
+/// dispatcher thread.
+#[derive(Clone)]
+pub struct Client {
+    pub timeout: Duration,
+    pub policy: Policy,
+}
+
+/// Hosts a dispatcher keeps an idle connection to.
+const DISPATCHER_IDLE_HOSTS: usize = 16;
+
+impl Client {
+    /// A shared client whose pool keeps `per_host` idle connections to each host.
+    pub fn shared(&self, per_host: usize) -> Agent {
+        build(self.timeout, per_host, per_host * 4, self.policy.clone())
+    }
+
+    /// The client of one dispatcher thread. A dispatcher sends one request at a time,
+    /// so one idle connection per host is all it reuses. ureq searches its pool from
+    /// end to end on every request; with one pool for all dispatchers that search
+    /// (and its purge) ran over every dispatcher's connections each time.
+    pub fn dispatcher_agent(&self) -> Agent {
+        build(self.timeout, 1, DISPATCHER_IDLE_HOSTS, self.policy.clone())
+    }
+}
+
+fn build(timeout: Duration, per_host: usize, idle: usize, policy: Policy) -> Agent {
     let config = Agent::config_builder()
         .http_status_as_error(false)
         // A 3xx is an answer, not an instruction: following it could lead anywhere.
@@ -101,8 +126,8 @@ pub fn agent(timeout: Duration, pool: usize, policy: Policy) -> Agent {
         // ureq reads *_PROXY by default; a proxy would resolve targets for us.
         .proxy(None)
         .timeout_global(Some(timeout))
-        .max_idle_connections_per_host(pool)
-        .max_idle_connections(pool * 4)
+        .max_idle_connections_per_host(per_host)
+        .max_idle_connections(idle)
         // Every pooled connection keeps its buffers (128 KiB each way by default): at
         // the sizes below a full pool costs a few MB instead of tens. Responses are read
         // only up to a snippet, and a larger body is written in more than one piece.

@@ -28,7 +28,8 @@ const STORE_ERROR_BACKOFF_MS: i64 = 1000;
 #[derive(Clone)]
 pub struct Shared {
     pub store: Store,
-    pub agent: Agent,
+    /// Each dispatcher builds its own HTTP client from this (see `client::Client`).
+    pub client: client::Client,
     pub schedule: Arc<Vec<Duration>>,
     pub disable_after: u32,
     /// Set at shutdown: take no new job.
@@ -65,27 +66,30 @@ impl Lanes {
 }
 
 pub fn run(shared: Shared, reader: Reader, lanes: Lanes, done: Sender<Done>) {
+    let agent = shared.client.dispatcher_agent();
     while let Some(job) = lanes.next() {
         if shared.stopping.load(Ordering::SeqCst) {
             break;
         }
         shared.metrics.busy(true);
-        let ended = catch_unwind(AssertUnwindSafe(|| deliver(&shared, &reader, &job.hook_id)))
-            .unwrap_or_else(|_| {
-                log::error!(
-                    "dispatcher panicked on hook {}; retrying later",
-                    job.hook_id
-                );
-                Err(StoreError::Busy)
-            })
-            .unwrap_or_else(|e| {
-                log::error!("dispatcher: hook {}: {e}", job.hook_id);
-                Ended {
-                    next: Some(now_ms() + STORE_ERROR_BACKOFF_MS),
-                    healthy: true,
-                    uncommitted: None,
-                }
-            });
+        let ended = catch_unwind(AssertUnwindSafe(|| {
+            deliver(&shared, &agent, &reader, &job.hook_id)
+        }))
+        .unwrap_or_else(|_| {
+            log::error!(
+                "dispatcher panicked on hook {}; retrying later",
+                job.hook_id
+            );
+            Err(StoreError::Busy)
+        })
+        .unwrap_or_else(|e| {
+            log::error!("dispatcher: hook {}: {e}", job.hook_id);
+            Ended {
+                next: Some(now_ms() + STORE_ERROR_BACKOFF_MS),
+                healthy: true,
+                uncommitted: None,
+            }
+        });
         shared.metrics.busy(false);
         let finished = Done {
             hook_id: job.hook_id,
@@ -146,7 +150,12 @@ const READ_AHEAD_BYTES: usize = 64 * 1024;
 /// else is recorded and waited for, because it decides when the hook goes next.
 /// Returns when the hook is next due, whether it looks healthy, and the commit of its
 /// last success if that is still to come.
-fn deliver(shared: &Shared, reader: &Reader, hook_id: &str) -> Result<Ended, StoreError> {
+fn deliver(
+    shared: &Shared,
+    agent: &Agent,
+    reader: &Reader,
+    hook_id: &str,
+) -> Result<Ended, StoreError> {
     let idle = Ended {
         next: None,
         healthy: true,
@@ -235,7 +244,7 @@ fn deliver(shared: &Shared, reader: &Reader, hook_id: &str) -> Result<Ended, Sto
             break Some(now_ms());
         };
         // `healthy` is false only before this job's first success (a failure ends it).
-        let (record, verdict) = attempt(shared, &hook, batch_id, &batch, !healthy);
+        let (record, verdict) = attempt(shared, agent, &hook, batch_id, &batch, !healthy);
         sent += 1;
         healthy = !verdict.is_failure();
         let delivered = verdict == retry::Verdict::Delivered;
@@ -271,6 +280,7 @@ fn rows_needed(hook: &Hook) -> usize {
 /// One request: builds, signs and sends the batch, and decides what follows.
 fn attempt(
     shared: &Shared,
+    agent: &Agent,
     hook: &Hook,
     batch_id: String,
     batch: &[Queued],
@@ -288,7 +298,7 @@ fn attempt(
         ("webhook-timestamp", timestamp.to_string()),
         ("webhook-signature", signature),
     ];
-    let result = client::send(&shared.agent, &hook.target_url, &headers, &body);
+    let result = client::send(agent, &hook.target_url, &headers, &body);
     let attempts = batch[0].row.attempts + 1;
     let verdict = retry::decide(
         &shared.schedule,
