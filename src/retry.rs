@@ -51,7 +51,8 @@ pub fn decide(
     attempts: u32,
     outcome: Outcome,
     now: Millis,
-    jitter: f64,
+    // Drawn only for a retry: a success does not pay for the random bytes.
+    jitter: impl FnOnce() -> f64,
 ) -> Verdict {
     let retry_after = match outcome {
         Outcome::Status { code, .. } if (200..300).contains(&code) => return Verdict::Delivered,
@@ -62,7 +63,7 @@ pub fn decide(
     let Some(delay) = schedule.get(attempts.saturating_sub(1) as usize) else {
         return Verdict::Dead;
     };
-    let jittered = delay.as_secs_f64() * (0.8 + 0.4 * jitter.clamp(0.0, 1.0));
+    let jittered = delay.as_secs_f64() * (0.8 + 0.4 * jitter().clamp(0.0, 1.0));
     let mut wait_ms = (jittered * 1000.0).round() as i64;
     if let Some(ra) = retry_after {
         wait_ms = wait_ms.max(ra.min(RETRY_AFTER_CAP).as_millis() as i64);
@@ -101,25 +102,25 @@ mod tests {
     #[test]
     fn success_gone_and_dead() {
         let s = [ms(100), ms(200)];
-        assert_eq!(decide(&s, 1, status(204), 0, 0.5), Verdict::Delivered);
-        assert_eq!(decide(&s, 1, status(410), 0, 0.5), Verdict::Gone);
-        assert_eq!(decide(&s, 3, status(500), 0, 0.5), Verdict::Dead);
-        assert_eq!(decide(&[], 1, Outcome::Error, 0, 0.5), Verdict::Dead);
+        assert_eq!(decide(&s, 1, status(204), 0, || 0.5), Verdict::Delivered);
+        assert_eq!(decide(&s, 1, status(410), 0, || 0.5), Verdict::Gone);
+        assert_eq!(decide(&s, 3, status(500), 0, || 0.5), Verdict::Dead);
+        assert_eq!(decide(&[], 1, Outcome::Error, 0, || 0.5), Verdict::Dead);
     }
 
     #[test]
     fn retries_follow_the_schedule_with_bounded_jitter() {
         let s = [ms(1000), ms(10_000)];
         assert_eq!(
-            decide(&s, 1, status(500), 0, 0.5),
+            decide(&s, 1, status(500), 0, || 0.5),
             Verdict::Retry { at: 1000 }
         );
         assert_eq!(
-            decide(&s, 2, Outcome::Error, 5, 0.0),
+            decide(&s, 2, Outcome::Error, 5, || 0.0),
             Verdict::Retry { at: 8005 }
         );
         assert_eq!(
-            decide(&s, 2, status(302), 0, 1.0),
+            decide(&s, 2, status(302), 0, || 1.0),
             Verdict::Retry { at: 12_000 }
         );
     }
@@ -131,9 +132,9 @@ mod tests {
             code: 429,
             retry_after: Some(Duration::from_secs(secs)),
         };
-        assert_eq!(decide(&s, 1, ra(2), 0, 0.5), Verdict::Retry { at: 2000 });
+        assert_eq!(decide(&s, 1, ra(2), 0, || 0.5), Verdict::Retry { at: 2000 });
         assert_eq!(
-            decide(&s, 1, ra(10_000_000), 0, 0.5),
+            decide(&s, 1, ra(10_000_000), 0, || 0.5),
             Verdict::Retry { at: 3_600_000 }
         );
     }

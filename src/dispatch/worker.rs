@@ -300,13 +300,7 @@ fn attempt(
     ];
     let result = client::send(agent, &hook.target_url, &headers, &body);
     let attempts = batch[0].row.attempts + 1;
-    let verdict = retry::decide(
-        &shared.schedule,
-        attempts,
-        result.outcome,
-        now_ms(),
-        jitter(),
-    );
+    let verdict = retry::decide(&shared.schedule, attempts, result.outcome, now_ms(), jitter);
     if verdict == retry::Verdict::Dead {
         log::warn!(
             "delivery {batch_id} of hook {} is dead after {attempts} attempts",
