@@ -202,8 +202,7 @@ fn fill(conn: &mut Connection, hooks: &[String], rows: u64) -> Result<Vec<u64>, 
                 end - first
             )));
         }
-        // The delivery shares the event's 26 characters: time order, and unique. Its rows
-        // go in hook by hook, the table's order (see schema.sql), not one page each.
+        // The delivery shares the event's 26 characters: time order, and unique.
         tx.execute(
             "INSERT INTO deliveries (id, hook_id, seq, event_id, batch_id, status, attempts,
                                      next_attempt_at, created_at, updated_at)
@@ -211,8 +210,7 @@ fn fill(conn: &mut Connection, hooks: &[String], rows: u64) -> Result<Vec<u64>, 
                     e.id, 'dlv_' || substr(e.id, 5), 'delivered', 1, NULL,
                     e.created_at, e.created_at + 1
              FROM events e CROSS JOIN temp.fill_hooks h
-             WHERE e.rowid > ?1 AND h.k = (e.rowid - ?1 - 1 + ?2) % ?3
-             ORDER BY h.k, e.rowid",
+             WHERE e.rowid > ?1 AND h.k = (e.rowid - ?1 - 1 + ?2) % ?3",
             params![r0, first, h],
         )
         .ctx("filling deliveries")?;
