@@ -109,6 +109,21 @@ mod tests {
     }
 
     #[test]
+    fn only_a_retry_draws_its_jitter() {
+        let s = [ms(100)];
+        let never = || -> f64 { panic!("jitter drawn without a retry") };
+        assert_eq!(decide(&s, 1, status(204), 0, never), Verdict::Delivered);
+        assert_eq!(decide(&s, 1, status(410), 0, never), Verdict::Gone);
+        assert_eq!(decide(&s, 2, status(500), 0, never), Verdict::Dead);
+        let mut drawn = 0;
+        let verdict = decide(&s, 1, status(500), 0, || {
+            drawn += 1;
+            0.5
+        });
+        assert_eq!((verdict, drawn), (Verdict::Retry { at: 100 }, 1));
+    }
+
+    #[test]
     fn retries_follow_the_schedule_with_bounded_jitter() {
         let s = [ms(1000), ms(10_000)];
         assert_eq!(

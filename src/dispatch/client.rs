@@ -1,6 +1,7 @@
 //! The HTTP client for deliveries: a ureq agent per dispatcher thread (and one shared
-//! by the handshakes), with keep-alive, explicit timeouts, no redirects and no proxy from the environment. Turns
-//! whatever happens into an [`AttemptResult`]; nothing here returns an error upward.
+//! by the handshakes), with keep-alive, explicit timeouts, no redirects and no proxy
+//! from the environment. Turns whatever happens into an [`AttemptResult`]; nothing
+//! here returns an error upward.
 
 use std::io::Read;
 use std::net::SocketAddr;
