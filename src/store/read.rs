@@ -1,7 +1,6 @@
 //! Read-only queries, one connection per thread that reads. Every list is keyset
 //! paginated (`after`/`before` a cursor), never OFFSET.
 
-use std::cell::Cell;
 use std::sync::Arc;
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
@@ -112,17 +111,7 @@ fn outbox_from_row(r: &Row) -> rusqlite::Result<OutboxRow> {
 pub struct Reader {
     conn: Connection,
     secrets: Arc<SecretBox>,
-    /// Whether the page cache was sized (see [`Reader::conn`]).
-    sized: Cell<bool>,
 }
-
-/// Each reader's page cache, KiB (as a negative `cache_size`). SQLite empties a
-/// reader's cache whenever the file changed since its last read, so under load a
-/// reader keeps little more than one query's pages. At SQLite's default of 2 MiB,
-/// hookd's ~65 readers still grew to 143–155 MB in a fan-out to 10,000 hooks (malloc
-/// keeps what the caches let go); 1 MiB took that to 102–105 MB with every scenario's
-/// speed within noise.
-const READER_CACHE_KIB: i64 = -1024;
 
 /// A read transaction of [`Reader::snapshot`]; rolled back when dropped before it ended.
 struct OpenRead<'a> {
@@ -142,40 +131,18 @@ impl Drop for OpenRead<'_> {
 
 impl Reader {
     pub(super) fn new(conn: Connection, secrets: Arc<SecretBox>) -> Reader {
-        Reader {
-            conn,
-            secrets,
-            sized: Cell::new(false),
-        }
-    }
-
-    /// The connection, its page cache sized at the first use. `PRAGMA cache_size`
-    /// parses the schema, which a reader that is never used (most handlers at rest)
-    /// would otherwise do at start-up: set at open, it took hookd's ~65 readers' start-up
-    /// from 12 to 20 ms and the idle RSS from 14.5 to 20 MB.
-    fn conn(&self) -> &Connection {
-        if !self.sized.replace(true) {
-            // Only a smaller cache is lost if this fails; the query that follows
-            // reports any real problem with the connection.
-            if let Err(e) = self
-                .conn
-                .pragma_update(None, "cache_size", READER_CACHE_KIB)
-            {
-                log::warn!("reader: cannot size the page cache: {e}");
-            }
-        }
-        &self.conn
+        Reader { conn, secrets }
     }
 
     /// Answers when the database does.
     pub fn ping(&self) -> Result<(), StoreError> {
-        self.conn()
+        self.conn
             .query_row("SELECT 1", [], |_| Ok(()))
             .ctx("pinging the database")
     }
 
     pub fn key_by_hash(&self, hash: &[u8]) -> Result<Option<ApiKey>, StoreError> {
-        self.conn()
+        self.conn
             .prepare_cached(
                 "SELECT id, role, tenant, created_at FROM api_keys
                  WHERE token_hash = ?1 AND revoked_at IS NULL",
@@ -186,7 +153,7 @@ impl Reader {
 
     pub fn list_keys(&self, after: &str, limit: u32) -> Result<Vec<ApiKey>, StoreError> {
         let mut stmt = self
-            .conn()
+            .conn
             .prepare_cached(
                 "SELECT id, role, tenant, created_at FROM api_keys
                  WHERE revoked_at IS NULL AND id > ?1 ORDER BY id LIMIT ?2",
@@ -221,7 +188,7 @@ impl Reader {
 
     /// Runs a statement without parameters or rows, from the statement cache.
     fn run(&self, sql: &str) -> rusqlite::Result<usize> {
-        self.conn()
+        self.conn
             .prepare_cached(sql)
             .and_then(|mut s| s.execute([]))
     }
@@ -229,7 +196,7 @@ impl Reader {
     /// A live (not deleted) hook.
     pub fn hook(&self, id: &str) -> Result<Option<Hook>, StoreError> {
         let sql = format!("SELECT {HOOK_COLUMNS} FROM hooks WHERE id = ?1 AND deleted_at IS NULL");
-        self.conn()
+        self.conn
             .prepare_cached(&sql)
             .and_then(|mut s| {
                 s.query_row([id], |r| hook_from_row(r, &self.secrets))
@@ -250,7 +217,7 @@ impl Reader {
              WHERE deleted_at IS NULL AND (?1 IS NULL OR tenant = ?1) AND id > ?2
              ORDER BY id LIMIT ?3"
         );
-        let mut stmt = self.conn().prepare_cached(&sql).ctx("listing hooks")?;
+        let mut stmt = self.conn.prepare_cached(&sql).ctx("listing hooks")?;
         let rows = stmt
             .query_map(params![tenant, after, limit], |r| {
                 hook_from_row(r, &self.secrets)
@@ -261,7 +228,7 @@ impl Reader {
 
     pub fn event(&self, id: &str) -> Result<Option<Event>, StoreError> {
         let sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE id = ?1");
-        self.conn()
+        self.conn
             .prepare_cached(&sql)
             .and_then(|mut s| s.query_row([id], event_from_row).optional())
             .ctx("loading an event")
@@ -269,7 +236,7 @@ impl Reader {
 
     /// Was the event routed to (queued for) a hook of `tenant`?
     pub fn event_routed_to(&self, event_id: &str, tenant: &str) -> Result<bool, StoreError> {
-        self.conn()
+        self.conn
             .prepare_cached(
                 "SELECT 1 FROM deliveries d JOIN hooks h ON h.id = d.hook_id
                  WHERE d.event_id = ?1 AND h.tenant = ?2 LIMIT 1",
@@ -298,7 +265,7 @@ impl Reader {
                AND (?4 = 0 OR EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id))
              ORDER BY id DESC LIMIT ?5"
         );
-        let mut stmt = self.conn().prepare_cached(&sql).ctx("listing events")?;
+        let mut stmt = self.conn.prepare_cached(&sql).ctx("listing events")?;
         let rows = stmt
             .query_map(
                 params![tenant, event_type, before, routed_only, limit],
@@ -310,7 +277,7 @@ impl Reader {
 
     pub fn events_by_ids(&self, ids: &[String]) -> Result<Vec<Event>, StoreError> {
         let sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE id = ?1");
-        let mut stmt = self.conn().prepare_cached(&sql).ctx("loading events")?;
+        let mut stmt = self.conn.prepare_cached(&sql).ctx("loading events")?;
         ids.iter()
             .map(|id| stmt.query_row([id], event_from_row).ctx("loading an event"))
             .collect()
@@ -325,7 +292,7 @@ impl Reader {
         limit: u32,
     ) -> Result<Vec<Delivery>, StoreError> {
         let mut stmt = self
-            .conn()
+            .conn
             .prepare_cached(
                 "SELECT id, seq, status, next_attempt_at, created_at, batch_id, event_id
                  FROM deliveries
@@ -373,7 +340,7 @@ impl Reader {
 
     fn batch_event_ids(&self, batch_id: &str) -> Result<Vec<String>, StoreError> {
         let mut stmt = self
-            .conn()
+            .conn
             .prepare_cached("SELECT event_id FROM deliveries WHERE batch_id = ?1 ORDER BY seq")
             .ctx("listing a batch")?;
         let rows = stmt
@@ -384,7 +351,7 @@ impl Reader {
 
     fn attempts(&self, delivery_id: &str) -> Result<Vec<Attempt>, StoreError> {
         let mut stmt = self
-            .conn()
+            .conn
             .prepare_cached(
                 "SELECT at, status_code, error, duration_ms, response_snippet FROM attempts
                  WHERE delivery_id = ?1 ORDER BY id",
@@ -423,7 +390,7 @@ impl Reader {
         // may pick it, walking the hook's whole delivered history to find the open rows.
         // Every query for a hook's open rows names the partial index for that reason.
         let mut stmt = self
-            .conn()
+            .conn
             .prepare_cached(
                 "SELECT d.id, d.seq, d.event_id, d.batch_id, d.attempts, d.next_attempt_at,
                         e.id, e.tenant, e.type, e.resource_id, e.data, e.created_at
@@ -456,7 +423,7 @@ impl Reader {
     /// The still-open rows of one batch, in sequence order.
     pub fn batch_rows(&self, batch_id: &str) -> Result<Vec<OutboxRow>, StoreError> {
         let mut stmt = self
-            .conn()
+            .conn
             .prepare_cached(
                 "SELECT id, seq, event_id, batch_id, attempts, next_attempt_at FROM deliveries
                  WHERE batch_id = ?1 AND status IN ('pending', 'failed') ORDER BY seq",
@@ -476,7 +443,7 @@ impl Reader {
     ) -> Result<Vec<Delivery>, StoreError> {
         let ids: Vec<(String, String)> = {
             let mut stmt2 = self
-                .conn()
+                .conn
                 .prepare_cached(
                     "SELECT id, hook_id FROM deliveries
                      WHERE (batch_id IS NULL OR batch_id = id) AND (?1 IS NULL OR status = ?1)
@@ -502,7 +469,7 @@ impl Reader {
     /// One delivery (batch head) of a hook, as the log shows it.
     pub fn delivery(&self, hook_id: &str, id: &str) -> Result<Option<Delivery>, StoreError> {
         let seq: Option<i64> = self
-            .conn()
+            .conn
             .prepare_cached("SELECT seq FROM deliveries WHERE id = ?1 AND hook_id = ?2")
             .and_then(|mut s| s.query_row(params![id, hook_id], |r| r.get(0)).optional())
             .ctx("loading a delivery")?;
@@ -517,7 +484,7 @@ impl Reader {
     /// failed, and deliveries that went dead.
     pub fn activity(&self, since: Millis) -> Result<(u64, u64, u64), StoreError> {
         let (ok, failed): (i64, i64) = self
-            .conn()
+            .conn
             .query_row(
                 "SELECT coalesce(sum(status_code BETWEEN 200 AND 299), 0),
                         coalesce(sum(status_code IS NULL OR status_code NOT BETWEEN 200 AND 299), 0)
@@ -527,7 +494,7 @@ impl Reader {
             )
             .ctx("counting attempts")?;
         let dead: i64 = self
-            .conn()
+            .conn
             .query_row(
                 "SELECT count(DISTINCT coalesce(batch_id, id)) FROM deliveries
                  WHERE status = 'dead' AND updated_at >= ?1",
@@ -541,7 +508,7 @@ impl Reader {
     /// Undelivered rows, and live hooks by status: the gauges of `/metrics`.
     pub fn gauges(&self) -> Result<crate::metrics::Gauges, StoreError> {
         let outbox_pending: i64 = self
-            .conn()
+            .conn
             .prepare_cached(
                 "SELECT count(*) FROM deliveries INDEXED BY deliveries_open
                  WHERE status IN ('pending', 'failed')",
@@ -551,7 +518,7 @@ impl Reader {
         let mut hooks_by_status = Vec::new();
         for status in HookStatus::ALL {
             let n: i64 = self
-                .conn()
+                .conn
                 .prepare_cached(
                     "SELECT count(*) FROM hooks WHERE status = ?1 AND deleted_at IS NULL",
                 )
@@ -569,7 +536,7 @@ impl Reader {
     /// scheduler's starting point.
     pub fn hooks_with_open_work(&self) -> Result<Vec<(String, bool)>, StoreError> {
         let mut stmt = self
-            .conn()
+            .conn
             .prepare(
                 "SELECT h.id, h.consecutive_failures > 0 FROM hooks h
                  WHERE h.deleted_at IS NULL AND h.status = 'active' AND EXISTS (
@@ -607,28 +574,9 @@ mod tests {
         assert!(panicked.is_err());
 
         // Each way out ended its transaction, and a new one starts.
-        assert!(reader.conn().is_autocommit());
+        assert!(reader.conn.is_autocommit());
         let hook = reader.snapshot(|r| r.hook("hk_none")).unwrap();
         assert!(hook.is_none());
-        drop(reader);
-        drop(opened);
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    #[test]
-    fn a_reader_sizes_its_page_cache_at_its_first_use_not_at_open() {
-        let dir = super::super::test_dir("read-cache");
-        let opened = super::super::open(&dir.join("r.db"), &dir.join("r.key")).unwrap();
-        let reader = super::super::open_reader(&opened.path, opened.secrets.clone()).unwrap();
-        let cache = |conn: &Connection| -> i64 {
-            conn.query_row("PRAGMA cache_size", [], |r| r.get(0))
-                .unwrap()
-        };
-        // Untouched, it has SQLite's default (the pragma is read here around
-        // `Reader::conn` on purpose).
-        assert_ne!(cache(&reader.conn), READER_CACHE_KIB);
-        reader.ping().unwrap();
-        assert_eq!(cache(&reader.conn), READER_CACHE_KIB);
         drop(reader);
         drop(opened);
         let _ = std::fs::remove_dir_all(&dir);
