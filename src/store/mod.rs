@@ -179,8 +179,6 @@ fn lock_path(db: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
-/// Each reader's page cache, KiB (as a negative `cache_size`).
-const READER_CACHE_KIB: i64 = -1024;
 /// The writer's page cache, KiB (as a negative `cache_size`).
 const WRITER_CACHE_KIB: i64 = -8 * 1024;
 
@@ -203,13 +201,6 @@ fn configure(conn: &Connection, read_only: bool) -> Result<(), StoreError> {
     )
     .ctx("enabling the query planner stability guarantee")?;
     if read_only {
-        // SQLite empties a reader's cache whenever the file changed since its last read,
-        // so under load a reader keeps little more than one query's pages. At SQLite's
-        // default of 2 MiB each, hookd's ~65 readers still grew to 143–155 MB in a
-        // fan-out to 10,000 hooks (malloc keeps what the caches let go); 1 MiB took that
-        // to 102–105 MB with every scenario's speed within noise.
-        conn.pragma_update(None, "cache_size", READER_CACHE_KIB)
-            .ctx("setting cache_size")?;
         return Ok(());
     }
     // WAL: readers never block the writer and the writer never blocks readers.
@@ -232,7 +223,7 @@ fn configure(conn: &Connection, read_only: bool) -> Result<(), StoreError> {
     // The writer keeps what it touches between commits (the tails of the tables and
     // indexes, the hooks' queues); with SQLite's default of 2 MiB it read most pages
     // back from the OS on every commit, the largest cost of batched deliveries as
-    // profiled. Readers have less (see above): theirs is emptied whenever the file changes.
+    // profiled. Readers keep the default: theirs is emptied whenever the file changes.
     conn.pragma_update(None, "cache_size", WRITER_CACHE_KIB)
         .ctx("setting cache_size")?;
     // A statement that writes many rows and may fail halfway (a multi-row INSERT with
