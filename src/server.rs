@@ -80,8 +80,9 @@ pub fn run(config: Config) -> Result<(), Error> {
         timeout: config.delivery_timeout,
         policy: config.target_policy.clone(),
     };
-    // Handshakes share one client; each dispatcher builds its own.
-    let agent = client.shared(config.dispatchers);
+    // Handshakes share one client, used by the API handlers (so one idle connection
+    // per handler is the most it can reuse); each dispatcher builds its own.
+    let agent = client.shared(config.handlers);
     let listener = bind(config.listen, config.read_timeout)?;
     let addr = listener.local_addr()?;
     // A body gets three read timeouts in all: slow links pass, trickling clients do not.

@@ -508,7 +508,8 @@ fn publish(
     };
     // Consecutive events of one tenant and type (the usual array) match the same hooks:
     // matching once per run of them saves the writer a lookup and a list per event.
-    let mut matched: Option<(&str, &str, Vec<String>)> = None;
+    let mut run: Option<(&str, &str)> = None;
+    let mut hooks: Vec<String> = Vec::new();
     for (i, event) in events.iter().enumerate() {
         if i > 0 {
             body.push(',');
@@ -523,14 +524,12 @@ fn publish(
                 continue;
             }
         }
-        let same = matches!(&matched, Some((t, ty, _))
-            if *t == event.tenant.as_str() && *ty == event.event_type.as_str());
-        if !same {
-            let hooks = index.matching(&event.tenant, &event.event_type);
-            matched = Some((&event.tenant, &event.event_type, hooks));
+        let kind = (event.tenant.as_str(), event.event_type.as_str());
+        if run != Some(kind) {
+            hooks = index.matching(kind.0, kind.1);
+            run = Some(kind);
         }
-        let hooks = matched.as_ref().map_or(&[][..], |(_, _, h)| h.as_slice());
-        let (id, n) = fan_out(index, hooks, event, &mut rows, fx);
+        let (id, n) = fan_out(index, &hooks, event, &mut rows, fx);
         inserted += 1;
         let start = body.len();
         push_result(&mut body, &id, n);
@@ -575,8 +574,8 @@ struct DeliveryRow {
     batch_id: Option<String>,
 }
 
-/// Numbers an event and its fan-out; returns its id and how many hooks it matched.
-/// Numbers and queues one event for `hooks`, the hooks its type matches.
+/// Numbers and queues one event for `hooks` (the hooks its tenant and type match);
+/// returns its id and how many of them it was queued for.
 fn fan_out<'a>(
     index: &FanoutIndex,
     hooks: &[String],
