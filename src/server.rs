@@ -72,8 +72,15 @@ pub fn run(config: Config) -> Result<(), Error> {
 
     let writer_conn = opened.writer_conn;
     let writer_secrets = secrets.clone();
+    let outcomes_coming = store.outcomes_coming();
     let writer = spawn("writer".into(), move || {
-        store::writer::run(writer_conn, writer_secrets, write_rx, wake_tx)
+        store::writer::run(
+            writer_conn,
+            writer_secrets,
+            write_rx,
+            wake_tx,
+            outcomes_coming,
+        )
     })?;
 
     let client = dispatch::client::Client {

@@ -243,6 +243,8 @@ fn deliver(
             // Changed under us (cancelled, delivered by a retry): look again.
             break Some(now_ms());
         };
+        // Tells the writer an outcome is on its way, until it is queued.
+        let coming = shared.store.outcome_coming();
         // `healthy` is false only before this job's first success (a failure ends it).
         let (record, verdict) = attempt(shared, agent, &hook, batch_id, &batch, !healthy);
         sent += 1;
@@ -254,13 +256,15 @@ fn deliver(
             // A success is not waited for, and what follows it is read here anyway.
             want_next: !delivered,
         };
+        let queued = shared.store.submit(op);
+        drop(coming);
         if delivered {
-            uncommitted = Some(shared.store.submit(op)?);
+            uncommitted = Some(queued?);
             continue;
         }
         // Sent after every earlier outcome, so waiting for it waits for them too.
         uncommitted = None;
-        break match shared.store.internal(op)? {
+        break match queued?.recv().ok_or(StoreError::Busy)?? {
             WriteOutput::Next(next) => next,
             _ => Some(now_ms()),
         };

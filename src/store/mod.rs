@@ -11,6 +11,7 @@ pub mod writer;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -502,6 +503,9 @@ pub struct Store {
     /// How long an API request waits for room in the writer's queue before it is told
     /// 503: backpressure instead of unbounded buffering.
     enqueue_timeout: Duration,
+    /// Deliveries out on the wire whose outcome is still to be queued (see
+    /// [`Store::outcome_coming`]); the writer reads it.
+    outcomes_coming: Arc<AtomicUsize>,
 }
 
 impl Store {
@@ -509,7 +513,22 @@ impl Store {
         Store {
             tx,
             enqueue_timeout,
+            outcomes_coming: Arc::new(AtomicUsize::new(0)),
         }
+    }
+
+    /// The count behind [`Store::outcome_coming`], for the writer.
+    pub(crate) fn outcomes_coming(&self) -> Arc<AtomicUsize> {
+        self.outcomes_coming.clone()
+    }
+
+    /// Says that an outcome will follow: a dispatcher holds this while its request is
+    /// out and drops it once the outcome is queued. A group of outcomes alone waits a
+    /// little for those still coming, so a burst of deliveries (a fan-out) is recorded
+    /// in a few commits rather than one per handful.
+    pub fn outcome_coming(&self) -> OutcomeComing {
+        self.outcomes_coming.fetch_add(1, Ordering::Relaxed);
+        OutcomeComing(self.outcomes_coming.clone())
     }
 
     /// Sends one operation and waits until its transaction is committed (or failed).
@@ -551,6 +570,15 @@ impl Store {
             .send(writer::Request { op, reply })
             .map_err(|_| StoreError::Busy)?;
         Ok(result)
+    }
+}
+
+/// An outcome on its way to the writer; see [`Store::outcome_coming`].
+pub struct OutcomeComing(Arc<AtomicUsize>);
+
+impl Drop for OutcomeComing {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

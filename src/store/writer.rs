@@ -7,10 +7,11 @@
 //! and every publish passes through here: the index is exactly what was committed.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use rusqlite::{Connection, TransactionBehavior};
 
 use super::reply::ReplySender;
@@ -24,6 +25,14 @@ use crate::secrets::SecretBox;
 const MAX_GROUP: usize = 512;
 /// WAL pages after which the writer checkpoints: SQLite's own default threshold.
 const CHECKPOINT_PAGES: i32 = 1000;
+/// How long a group of delivery outcomes alone may wait for more outcomes still on the
+/// wire, and how many it waits for at most. Nobody waits on a success's commit but the
+/// scheduler (the hook goes out again after it), so a millisecond costs nothing a
+/// client sees, and a fan-out's outcomes share a few commits instead of one each.
+const OUTCOME_LINGER: Duration = Duration::from_millis(1);
+const OUTCOME_GROUP: usize = 64;
+/// How often a lingering writer looks again whether outcomes are still coming.
+const OUTCOME_POLL: Duration = Duration::from_micros(100);
 
 /// One write, sent by an API handler or a dispatcher.
 #[derive(Debug)]
@@ -270,6 +279,7 @@ pub fn run(
     secrets: Arc<SecretBox>,
     requests: Receiver<Request>,
     wakeups: Sender<Wakeup>,
+    outcomes_coming: Arc<AtomicUsize>,
 ) {
     let mut state = match WriterState::new(&conn) {
         Ok(s) => s,
@@ -303,6 +313,7 @@ pub fn run(
                 Err(_) => break,
             }
         }
+        linger(&requests, &mut group, &outcomes_coming);
         let checkpoint = group.iter().any(|r| matches!(r.op, WriteOp::Checkpoint));
         let result = commit_group(&mut conn, &mut state, &secrets, &mut group, &wakeups);
         // A storage fault (disk full, I/O error) is logged once when it starts and once
@@ -341,6 +352,35 @@ pub fn run(
         }
     }
     log::debug!("writer: queue closed, stopping");
+}
+
+/// Holds back a group of delivery outcomes alone while dispatchers still have requests
+/// out, until more outcomes (up to [`OUTCOME_GROUP`]) arrive or [`OUTCOME_LINGER`] has
+/// passed. Anything else arriving ends the wait: publishes and API writes are never
+/// held. Without requests out (one delivery at a time) it does not wait at all.
+fn linger(requests: &Receiver<Request>, group: &mut Vec<Request>, coming: &AtomicUsize) {
+    let outcome = |r: &Request| matches!(r.op, WriteOp::RecordAttempt { .. });
+    if !group.iter().all(outcome) {
+        return;
+    }
+    let deadline = Instant::now() + OUTCOME_LINGER;
+    while group.len() < OUTCOME_GROUP && coming.load(Ordering::Relaxed) > 0 {
+        let now = Instant::now();
+        if now >= deadline {
+            return;
+        }
+        match requests.recv_timeout(OUTCOME_POLL.min(deadline - now)) {
+            Ok(r) => {
+                let more = outcome(&r);
+                group.push(r);
+                if !more {
+                    return;
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+    }
 }
 
 /// What the writer keeps in memory between groups.
@@ -719,5 +759,61 @@ mod tests {
         );
         drop(conn);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn request(op: WriteOp) -> Request {
+        let (reply, _) = crate::store::reply::oneshot();
+        Request { op, reply }
+    }
+
+    fn outcome() -> Request {
+        request(WriteOp::RecordAttempt {
+            record: AttemptRecord {
+                hook_id: "hook_1".into(),
+                batch_id: "dlv_1".into(),
+                attempt: crate::model::Attempt {
+                    at: 0,
+                    status_code: Some(204),
+                    error: None,
+                    duration_ms: 1,
+                    response_snippet: None,
+                },
+                verdict: crate::retry::Verdict::Delivered,
+                after_failures: false,
+            },
+            disable_after: 50,
+            want_next: false,
+        })
+    }
+
+    #[test]
+    fn outcomes_wait_for_outcomes_on_their_way_and_nothing_else_waits() {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let coming = AtomicUsize::new(0);
+        // Nothing on the wire: an outcome goes at once, the queue is left alone.
+        tx.send(outcome()).unwrap();
+        let mut group = vec![outcome()];
+        linger(&rx, &mut group, &coming);
+        assert_eq!((group.len(), rx.len()), (1, 1));
+        rx.try_recv().unwrap();
+        // Outcomes on the wire: the group takes the next outcome, and stops at the
+        // first request that is not one (it joins the group and is not held).
+        coming.store(3, Ordering::Relaxed);
+        tx.send(outcome()).unwrap();
+        tx.send(request(WriteOp::Checkpoint)).unwrap();
+        tx.send(outcome()).unwrap();
+        let mut group = vec![outcome()];
+        linger(&rx, &mut group, &coming);
+        assert_eq!((group.len(), rx.len()), (3, 1));
+        assert!(matches!(group[2].op, WriteOp::Checkpoint));
+        // A group holding anything but outcomes never waits.
+        let mut group = vec![request(WriteOp::Checkpoint)];
+        linger(&rx, &mut group, &coming);
+        assert_eq!((group.len(), rx.len()), (1, 1));
+        // The wait is bounded even if the outcomes never come.
+        rx.try_recv().unwrap();
+        let mut group = vec![outcome()];
+        linger(&rx, &mut group, &coming);
+        assert_eq!(group.len(), 1);
     }
 }
