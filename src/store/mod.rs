@@ -376,7 +376,14 @@ impl Direct {
         // Publishing is the server's job; the other operations do not need the index.
         let index = writer::FanoutIndex::default();
         let mut effects = writer::Effects::default();
-        let out = ops::apply(&tx, &index, &self.secrets, &op, &mut effects)?;
+        let out = ops::apply(
+            &tx,
+            &index,
+            &self.secrets,
+            &op,
+            ops::OnConflict::Abort,
+            &mut effects,
+        )?;
         tx.commit().ctx("committing")?;
         Ok(out)
     }

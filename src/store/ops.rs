@@ -20,11 +20,24 @@ const ROTATION_OVERLAP_MS: i64 = 24 * 3600 * 1000;
 /// How long an idempotency key is remembered.
 const IDEMPOTENCY_TTL_MS: i64 = 24 * 3600 * 1000;
 
+/// What a publish's multi-row INSERTs do when a row breaks a constraint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum OnConflict {
+    /// Undo the statement alone (SQLite's default, ABORT). SQLite can do that only by
+    /// first copying every page the statement changes into a statement journal.
+    Abort,
+    /// Roll the whole transaction back (`INSERT OR ROLLBACK`): no statement journal.
+    /// For the writer's optimistic pass only, which starts its group over, carefully,
+    /// when the transaction is gone.
+    Rollback,
+}
+
 pub(super) fn apply(
     conn: &Connection,
     index: &FanoutIndex,
     secrets: &SecretBox,
     op: &WriteOp,
+    on_conflict: OnConflict,
     fx: &mut Effects,
 ) -> Result<WriteOutput, StoreError> {
     match op {
@@ -63,8 +76,16 @@ pub(super) fn apply(
             events,
             array,
             request_key,
-        } => publish(conn, index, events, *array, request_key.as_ref(), fx)
-            .map(|(body, stored)| WriteOutput::Published { body, stored }),
+        } => publish(
+            conn,
+            index,
+            events,
+            *array,
+            request_key.as_ref(),
+            on_conflict,
+            fx,
+        )
+        .map(|(body, stored)| WriteOutput::Published { body, stored }),
         WriteOp::ClaimBatch {
             hook_id,
             batch_id,
@@ -485,6 +506,7 @@ fn publish(
     events: &[NewEvent],
     array: bool,
     request_key: Option<&(String, Vec<u8>)>,
+    on_conflict: OnConflict,
     fx: &mut Effects,
 ) -> Result<(String, u64), StoreError> {
     let request_key = request_key.map(|(k, h)| (format!("request:{k}"), h));
@@ -540,7 +562,7 @@ fn publish(
     if array {
         body.push(']');
     }
-    insert_rows(conn, &rows)?;
+    insert_rows(conn, &rows, on_conflict)?;
     if let Some((key, hash)) = &request_key {
         remember(conn, key, hash, &body)?;
     }
@@ -647,12 +669,23 @@ fn chunk_sizes(mut len: usize) -> impl Iterator<Item = usize> {
     })
 }
 
-fn insert_rows(conn: &Connection, rows: &PublishRows) -> Result<(), StoreError> {
+fn insert_rows(
+    conn: &Connection,
+    rows: &PublishRows,
+    on_conflict: OnConflict,
+) -> Result<(), StoreError> {
     let now = &rows.now;
+    // The events' INSERT then needs no statement journal. The deliveries' still does:
+    // their foreign keys are checked as each row goes in, and a violation aborts the
+    // statement whatever its conflict clause says.
+    let insert = match on_conflict {
+        OnConflict::Abort => "INSERT INTO",
+        OnConflict::Rollback => "INSERT OR ROLLBACK INTO",
+    };
     insert_chunked(
         conn,
         "inserting events",
-        "INSERT INTO events (id, tenant, type, resource_id, data, created_at) VALUES ",
+        &format!("{insert} events (id, tenant, type, resource_id, data, created_at) VALUES "),
         "(?, ?, ?, ?, ?, ?)",
         &rows.events,
         |(id, e), values| {
@@ -669,8 +702,10 @@ fn insert_rows(conn: &Connection, rows: &PublishRows) -> Result<(), StoreError> 
     insert_chunked(
         conn,
         "inserting deliveries",
-        "INSERT INTO deliveries (id, hook_id, seq, event_id, batch_id, status, attempts,
-                                 next_attempt_at, created_at, updated_at) VALUES ",
+        &format!(
+            "{insert} deliveries (id, hook_id, seq, event_id, batch_id, status, attempts,
+                                 next_attempt_at, created_at, updated_at) VALUES "
+        ),
         "(?, ?, ?, ?, ?, 'pending', 0, ?, ?, ?)",
         &rows.deliveries,
         |d, values| {

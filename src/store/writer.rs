@@ -525,7 +525,11 @@ fn apply_group(
             run("SAVEPOINT op").ctx("opening a savepoint")?;
         }
         let before = tx.total_changes();
-        let result = ops::apply(&tx, &state.index, secrets, op, &mut fx);
+        let on_conflict = match mode {
+            Mode::Optimistic => ops::OnConflict::Rollback,
+            Mode::Careful => ops::OnConflict::Abort,
+        };
+        let result = ops::apply(&tx, &state.index, secrets, op, on_conflict, &mut fx);
         if result.is_ok() {
             state.index.absorb(&mut fx);
             applied.new_work.append(&mut fx.new_work);
@@ -534,8 +538,9 @@ fn apply_group(
             fx = Effects::default();
             if mode == Mode::Careful {
                 run("ROLLBACK TO op").ctx("rolling back a savepoint")?;
-            } else if tx.total_changes() != before {
-                // Dropping `tx` rolls the transaction back.
+            } else if tx.is_autocommit() || tx.total_changes() != before {
+                // Rolled back already (an `INSERT OR ROLLBACK` met a conflict), or
+                // dropping `tx` rolls it back.
                 return Ok(Pass::RolledBack);
             }
         }
@@ -757,6 +762,59 @@ mod tests {
             kept, 0,
             "the failed publish's idempotency key was committed"
         );
+        drop(conn);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A publish whose rows break a constraint in the optimistic pass rolls the whole
+    /// transaction back (`INSERT OR ROLLBACK`, so no statement journal); the group then
+    /// starts over carefully with the index read again from the file, and every
+    /// publish lands in order, before and after the one that collided.
+    #[test]
+    fn a_conflicting_insert_starts_the_group_over_and_loses_nothing() {
+        let (dir, mut conn, secrets, mut state) = fresh_store("conflict");
+        let a = create_hook(&mut conn, &mut state, &secrets, "a.*");
+        let b = create_hook(&mut conn, &mut state, &secrets, "b.*");
+        // Hook a's next row, written behind the writer's index (which is not reloaded:
+        // it was this connection), so a's next publish collides with it.
+        conn.execute_batch(&format!(
+            "INSERT INTO events (id, tenant, type, data, created_at)
+                 VALUES ('evt_squat', 'default', 'a.squat', 'null', 0);
+             INSERT INTO deliveries (id, hook_id, seq, event_id, batch_id, status,
+                                     created_at, updated_at)
+                 VALUES ('dlv_squat', '{}', 1, 'evt_squat', 'dlv_squat', 'pending', 0, 0);",
+            a.id
+        ))
+        .unwrap();
+        assert_eq!(state.index.slot(&a.id).unwrap().last_seq, 0);
+        let results = group(
+            &mut conn,
+            &mut state,
+            &secrets,
+            vec![
+                publish(vec![event("b.1", None)]),
+                publish(vec![event("a.1", None)]),
+                publish(vec![event("b.2", None)]),
+            ],
+        );
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+        let types = |hook: &str| -> Vec<(i64, String)> {
+            conn.prepare(
+                "SELECT d.seq, e.type FROM deliveries d JOIN events e ON e.id = d.event_id
+                 WHERE d.hook_id = ?1 ORDER BY d.seq",
+            )
+            .unwrap()
+            .query_map([hook], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+        };
+        assert_eq!(types(&a.id), vec![(1, "a.squat".into()), (2, "a.1".into())]);
+        assert_eq!(types(&b.id), vec![(1, "b.1".into()), (2, "b.2".into())]);
+        let events: i64 = conn
+            .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(events, 4, "an event of the abandoned pass was kept");
         drop(conn);
         let _ = std::fs::remove_dir_all(&dir);
     }
