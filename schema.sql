@@ -62,11 +62,15 @@ CREATE INDEX events_by_tenant_type ON events (tenant, type, id);
 -- Stored in (hook_id, seq) order (WITHOUT ROWID): a hook's consecutive rows share
 -- pages, so sending and recording a hook's queue touches a few pages, not one page per
 -- row, whatever order the events of different hooks were published in.
+-- The foreign keys are checked at COMMIT (deferred), not row by row: a multi-row
+-- INSERT that could fail halfway must first copy every page it changes into a
+-- statement journal, to undo itself alone; checked at COMMIT, a violation fails the
+-- transaction instead, and the writer then commits each request of its group alone.
 CREATE TABLE deliveries (
     id              TEXT NOT NULL UNIQUE,
-    hook_id         TEXT NOT NULL REFERENCES hooks (id),
+    hook_id         TEXT NOT NULL REFERENCES hooks (id) DEFERRABLE INITIALLY DEFERRED,
     seq             INTEGER NOT NULL,
-    event_id        TEXT NOT NULL REFERENCES events (id),
+    event_id        TEXT NOT NULL REFERENCES events (id) DEFERRABLE INITIALLY DEFERRED,
     batch_id        TEXT,
     status          TEXT NOT NULL
                     CHECK (status IN ('pending', 'failed', 'delivered', 'dead', 'cancelled')),

@@ -675,9 +675,8 @@ fn insert_rows(
     on_conflict: OnConflict,
 ) -> Result<(), StoreError> {
     let now = &rows.now;
-    // The events' INSERT then needs no statement journal. The deliveries' still does:
-    // their foreign keys are checked as each row goes in, and a violation aborts the
-    // statement whatever its conflict clause says.
+    // Neither INSERT then needs a statement journal (the deliveries' foreign keys are
+    // checked at COMMIT: schema.sql).
     let insert = match on_conflict {
         OnConflict::Abort => "INSERT INTO",
         OnConflict::Rollback => "INSERT OR ROLLBACK INTO",

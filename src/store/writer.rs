@@ -447,19 +447,23 @@ fn commit_group(
         .drain(..)
         .map(|Request { op, reply }| (op, reply))
         .unzip();
-    // At most two passes: a careful one never rolls back as a whole.
+    // At most two passes over the group: a careful one never rolls back as a whole.
+    // A foreign key broken at COMMIT cannot be traced to its op, so then each op is
+    // committed alone.
     let mut mode = Mode::Optimistic;
     let outcome = loop {
-        match apply_group(conn, state, secrets, &ops, mode) {
-            Ok(Pass::Committed(applied)) => break Ok(applied),
-            Ok(Pass::RolledBack) => {
-                // The index holds what the abandoned pass applied.
-                match FanoutIndex::load(conn) {
-                    Ok(index) => state.index = index,
-                    Err(e) => break Err(e),
-                }
-                mode = Mode::Careful;
+        let pass = apply_group(conn, state, secrets, &ops, mode);
+        if matches!(pass, Ok(Pass::RolledBack | Pass::ForeignKey(_))) {
+            // The index holds what the abandoned pass applied.
+            match FanoutIndex::load(conn) {
+                Ok(index) => state.index = index,
+                Err(e) => break Err(e),
             }
+        }
+        match pass {
+            Ok(Pass::Committed(applied)) => break Ok(applied),
+            Ok(Pass::RolledBack) => mode = Mode::Careful,
+            Ok(Pass::ForeignKey(_)) => break Ok(commit_each(conn, state, secrets, &ops)),
             Err(e) => break Err(e),
         }
     };
@@ -497,6 +501,54 @@ enum Pass {
     /// An optimistic pass met an op that failed after changing rows; the transaction
     /// was rolled back.
     RolledBack,
+    /// COMMIT found a foreign key broken (they are checked then: schema.sql); the
+    /// transaction was rolled back.
+    ForeignKey(rusqlite::Error),
+}
+
+/// Commits each op in a transaction of its own, after a group's COMMIT failed on a
+/// foreign key: only the op that broke it fails. A bug's path, not a busy one: an
+/// fsync per op. Once one op has committed, every op gets its own answer, whatever
+/// happens to the next.
+fn commit_each(
+    conn: &mut Connection,
+    state: &mut WriterState,
+    secrets: &SecretBox,
+    ops: &[WriteOp],
+) -> Applied {
+    let mut all = Applied {
+        results: Vec::with_capacity(ops.len()),
+        new_work: Vec::new(),
+        reset: Vec::new(),
+    };
+    for op in ops {
+        let one = std::slice::from_ref(op);
+        let result = match apply_group(conn, state, secrets, one, Mode::Careful) {
+            Ok(Pass::Committed(mut applied)) => {
+                all.new_work.append(&mut applied.new_work);
+                all.reset.append(&mut applied.reset);
+                applied.results.pop().unwrap_or(Err(StoreError::Busy))
+            }
+            Ok(Pass::ForeignKey(e)) => {
+                log::error!("writer: a request broke a foreign key and was refused: {e}");
+                if let Ok(index) = FanoutIndex::load(conn) {
+                    state.index = index;
+                }
+                Err(StoreError::Db("committing".into(), e))
+            }
+            // A careful pass undoes a failed op alone and never rolls back as a whole.
+            Ok(Pass::RolledBack) => Err(StoreError::Busy),
+            Err(e) => {
+                // What the failed op applied to the index is not on disk.
+                if let Ok(index) = FanoutIndex::load(conn) {
+                    state.index = index;
+                }
+                Err(e)
+            }
+        };
+        all.results.push(result);
+    }
+    all
 }
 
 /// One pass over the group in one transaction.
@@ -549,8 +601,16 @@ fn apply_group(
         }
         applied.results.push(result);
     }
-    tx.commit().ctx("committing")?;
-    Ok(Pass::Committed(applied))
+    match tx.commit() {
+        Ok(()) => Ok(Pass::Committed(applied)),
+        // The failed COMMIT left the transaction open; dropping it rolled it back.
+        Err(rusqlite::Error::SqliteFailure(e, m))
+            if e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_FOREIGNKEY =>
+        {
+            Ok(Pass::ForeignKey(rusqlite::Error::SqliteFailure(e, m)))
+        }
+        Err(e) => Err(StoreError::Db("committing".into(), e)),
+    }
 }
 
 #[cfg(test)]
@@ -815,6 +875,53 @@ mod tests {
             .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
             .unwrap();
         assert_eq!(events, 4, "an event of the abandoned pass was kept");
+        drop(conn);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A foreign key is checked at COMMIT: a group whose COMMIT finds one broken is
+    /// committed again op by op, with the index read again from the file, so nothing
+    /// that was sound is refused and nothing broken is kept.
+    #[test]
+    fn a_broken_foreign_key_fails_the_commit_and_each_op_is_committed_alone() {
+        let (dir, mut conn, secrets, mut state) = fresh_store("foreign");
+        let gone = create_hook(&mut conn, &mut state, &secrets, "x.*");
+        let b = create_hook(&mut conn, &mut state, &secrets, "b.*");
+        // The hook's row goes behind the writer's index, which still routes x.* to it.
+        conn.execute("DELETE FROM hooks WHERE id = ?1", [&gone.id])
+            .unwrap();
+        state.data_version = data_version(&conn).unwrap();
+        assert!(state.index.slot(&gone.id).is_some());
+        let results = group(
+            &mut conn,
+            &mut state,
+            &secrets,
+            vec![
+                publish(vec![event("b.1", None)]),
+                publish(vec![event("x.1", None)]),
+                publish(vec![event("b.2", None)]),
+            ],
+        );
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+        assert!(
+            matches!(&results[1], Ok(WriteOutput::Published { body, .. }) if body.contains(r#""deliveries":0"#)),
+            "the event for the vanished hook was routed again: {results:?}"
+        );
+        assert!(state.index.slot(&gone.id).is_none());
+        let rows: Vec<(String, i64)> = conn
+            .prepare("SELECT hook_id, seq FROM deliveries ORDER BY hook_id, seq")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(rows, vec![(b.id.clone(), 1), (b.id.clone(), 2)]);
+        let broken: i64 = conn
+            .query_row("SELECT count(*) FROM pragma_foreign_key_check", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(broken, 0);
         drop(conn);
         let _ = std::fs::remove_dir_all(&dir);
     }
