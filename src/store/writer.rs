@@ -637,6 +637,33 @@ mod tests {
         }
     }
 
+    /// One group of single-event publishes, one per type.
+    fn publish_each(
+        conn: &mut Connection,
+        state: &mut WriterState,
+        secrets: &SecretBox,
+        types: &[&str],
+    ) -> Vec<Result<WriteOutput, StoreError>> {
+        let ops = types
+            .iter()
+            .map(|t| publish(vec![event(t, None)]))
+            .collect();
+        group(conn, state, secrets, ops)
+    }
+
+    /// A hook's rows as (sequence, event type), in sequence order.
+    fn hook_rows(conn: &Connection, hook: &str) -> Vec<(i64, String)> {
+        conn.prepare(
+            "SELECT d.seq, e.type FROM deliveries d JOIN events e ON e.id = d.event_id
+             WHERE d.hook_id = ?1 ORDER BY d.seq",
+        )
+        .unwrap()
+        .query_map([hook], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+    }
+
     /// Runs `ops` as one group, as the writer thread does; returns each op's result.
     fn group(
         conn: &mut Connection,
@@ -790,19 +817,9 @@ mod tests {
         );
         assert!(results[2].is_ok(), "{results:?}");
 
-        let rows: Vec<(i64, String)> = conn
-            .prepare(
-                "SELECT d.seq, e.type FROM deliveries d JOIN events e ON e.id = d.event_id
-                 WHERE d.hook_id = ?1 ORDER BY d.seq",
-            )
-            .unwrap()
-            .query_map([&hook.id], |r| Ok((r.get(0)?, r.get(1)?)))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
         let want: Vec<(i64, String)> =
             vec![(1, "t.a".into()), (2, "t.x".into()), (3, "t.y".into())];
-        assert_eq!(rows, want);
+        assert_eq!(hook_rows(&conn, &hook.id), want);
         let lost: i64 = conn
             .query_row(
                 "SELECT count(*) FROM events WHERE type = 't.lost'",
@@ -847,30 +864,12 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(state.index.slot(&a.id).unwrap().last_seq, 0);
-        let results = group(
-            &mut conn,
-            &mut state,
-            &secrets,
-            vec![
-                publish(vec![event("b.1", None)]),
-                publish(vec![event("a.1", None)]),
-                publish(vec![event("b.2", None)]),
-            ],
-        );
+        let results = publish_each(&mut conn, &mut state, &secrets, &["b.1", "a.1", "b.2"]);
         assert!(results.iter().all(Result::is_ok), "{results:?}");
-        let types = |hook: &str| -> Vec<(i64, String)> {
-            conn.prepare(
-                "SELECT d.seq, e.type FROM deliveries d JOIN events e ON e.id = d.event_id
-                 WHERE d.hook_id = ?1 ORDER BY d.seq",
-            )
-            .unwrap()
-            .query_map([hook], |r| Ok((r.get(0)?, r.get(1)?)))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap()
-        };
-        assert_eq!(types(&a.id), vec![(1, "a.squat".into()), (2, "a.1".into())]);
-        assert_eq!(types(&b.id), vec![(1, "b.1".into()), (2, "b.2".into())]);
+        let want: Vec<(i64, String)> = vec![(1, "a.squat".into()), (2, "a.1".into())];
+        assert_eq!(hook_rows(&conn, &a.id), want);
+        let want: Vec<(i64, String)> = vec![(1, "b.1".into()), (2, "b.2".into())];
+        assert_eq!(hook_rows(&conn, &b.id), want);
         let events: i64 = conn
             .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
             .unwrap();
@@ -892,30 +891,16 @@ mod tests {
             .unwrap();
         state.data_version = data_version(&conn).unwrap();
         assert!(state.index.slot(&gone.id).is_some());
-        let results = group(
-            &mut conn,
-            &mut state,
-            &secrets,
-            vec![
-                publish(vec![event("b.1", None)]),
-                publish(vec![event("x.1", None)]),
-                publish(vec![event("b.2", None)]),
-            ],
-        );
+        let results = publish_each(&mut conn, &mut state, &secrets, &["b.1", "x.1", "b.2"]);
         assert!(results.iter().all(Result::is_ok), "{results:?}");
         assert!(
             matches!(&results[1], Ok(WriteOutput::Published { body, .. }) if body.contains(r#""deliveries":0"#)),
             "the event for the vanished hook was routed again: {results:?}"
         );
         assert!(state.index.slot(&gone.id).is_none());
-        let rows: Vec<(String, i64)> = conn
-            .prepare("SELECT hook_id, seq FROM deliveries ORDER BY hook_id, seq")
-            .unwrap()
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
-        assert_eq!(rows, vec![(b.id.clone(), 1), (b.id.clone(), 2)]);
+        let want: Vec<(i64, String)> = vec![(1, "b.1".into()), (2, "b.2".into())];
+        assert_eq!(hook_rows(&conn, &b.id), want);
+        assert!(hook_rows(&conn, &gone.id).is_empty());
         let broken: i64 = conn
             .query_row("SELECT count(*) FROM pragma_foreign_key_check", [], |r| {
                 r.get(0)
