@@ -243,7 +243,7 @@ fn deliver(
             // Changed under us (cancelled, delivered by a retry): look again.
             break Some(now_ms());
         };
-        // Tells the writer an outcome is on its way, until it is queued.
+        // Tells the writer an outcome is on its way, until it is queued through this.
         let coming = shared.store.outcome_coming();
         // `healthy` is false only before this job's first success (a failure ends it).
         let (record, verdict) = attempt(shared, agent, &hook, batch_id, &batch, !healthy);
@@ -256,15 +256,14 @@ fn deliver(
             // A success is not waited for, and what follows it is read here anyway.
             want_next: !delivered,
         };
-        let queued = shared.store.submit(op);
-        drop(coming);
+        let queued = coming.submit(op)?;
         if delivered {
-            uncommitted = Some(queued?);
+            uncommitted = Some(queued);
             continue;
         }
         // Sent after every earlier outcome, so waiting for it waits for them too.
         uncommitted = None;
-        break match queued?.recv().ok_or(StoreError::Busy)?? {
+        break match crate::store::answer(queued)? {
             WriteOutput::Next(next) => next,
             _ => Some(now_ms()),
         };

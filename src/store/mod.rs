@@ -29,6 +29,42 @@ pub use writer::{WriteOp, WriteOutput};
 
 const SCHEMA: &str = include_str!("../../schema.sql");
 
+/// A migration that rebuilds the deliveries table as `$create` (its `CREATE TABLE`,
+/// frozen with the migration): the old table is renamed to `$old` first (its indexes go
+/// with it, and are dropped) so the new one is created by the same statement as in
+/// schema.sql at that version, character for character (the migration test compares
+/// the two schemas); then the rows are copied in key order and the indexes rebuilt.
+macro_rules! rebuild_deliveries {
+    ($old:literal, $create:literal) => {
+        concat!(
+            "ALTER TABLE deliveries RENAME TO ",
+            $old,
+            ";
+             DROP INDEX deliveries_open;
+             DROP INDEX deliveries_by_event;
+             DROP INDEX deliveries_by_batch;
+             DROP INDEX deliveries_dead;
+             ",
+            $create,
+            ";
+             INSERT INTO deliveries (id, hook_id, seq, event_id, batch_id, status, attempts,
+                                     next_attempt_at, created_at, updated_at)
+                 SELECT id, hook_id, seq, event_id, batch_id, status, attempts,
+                        next_attempt_at, created_at, updated_at
+                 FROM ",
+            $old,
+            " ORDER BY hook_id, seq;
+             DROP TABLE ",
+            $old,
+            ";
+             CREATE INDEX deliveries_open ON deliveries (hook_id, seq) WHERE status IN ('pending', 'failed');
+             CREATE INDEX deliveries_by_event ON deliveries (event_id);
+             CREATE INDEX deliveries_by_batch ON deliveries (batch_id) WHERE batch_id IS NOT NULL;
+             CREATE INDEX deliveries_dead ON deliveries (updated_at) WHERE status = 'dead';"
+        )
+    };
+}
+
 /// Upgrades applied in order after the schema, each in its own transaction; append only.
 /// Entry `i` takes `user_version` from `i + 1` to `i + 2`.
 const MIGRATIONS: &[&str] = &[
@@ -41,16 +77,10 @@ const MIGRATIONS: &[&str] = &[
     // 3: the outbox is stored in (hook_id, seq) order instead of insertion order, so a
     // hook's consecutive rows share pages (the queue of a backlog published for many
     // hooks at once lay one row per page). SQLite cannot change a table's key in
-    // place: the rows are copied into a new table, in key order. The old table is
-    // renamed first (its indexes go with it) so the new one is created by the same
-    // statement as in schema.sql, character for character (the migration test compares
-    // the two schemas).
-    "ALTER TABLE deliveries RENAME TO deliveries_v2;
-     DROP INDEX deliveries_open;
-     DROP INDEX deliveries_by_event;
-     DROP INDEX deliveries_by_batch;
-     DROP INDEX deliveries_dead;
-     CREATE TABLE deliveries (
+    // place: the rows are copied into a new table, in key order.
+    rebuild_deliveries!(
+        "deliveries_v2",
+        "CREATE TABLE deliveries (
     id              TEXT NOT NULL UNIQUE,
     hook_id         TEXT NOT NULL REFERENCES hooks (id),
     seq             INTEGER NOT NULL,
@@ -63,26 +93,14 @@ const MIGRATIONS: &[&str] = &[
     created_at      INTEGER NOT NULL,
     updated_at      INTEGER NOT NULL,
     PRIMARY KEY (hook_id, seq)
-) WITHOUT ROWID;
-     INSERT INTO deliveries (id, hook_id, seq, event_id, batch_id, status, attempts,
-                             next_attempt_at, created_at, updated_at)
-         SELECT id, hook_id, seq, event_id, batch_id, status, attempts,
-                next_attempt_at, created_at, updated_at
-         FROM deliveries_v2 ORDER BY hook_id, seq;
-     DROP TABLE deliveries_v2;
-     CREATE INDEX deliveries_open ON deliveries (hook_id, seq) WHERE status IN ('pending', 'failed');
-     CREATE INDEX deliveries_by_event ON deliveries (event_id);
-     CREATE INDEX deliveries_by_batch ON deliveries (batch_id) WHERE batch_id IS NOT NULL;
-     CREATE INDEX deliveries_dead ON deliveries (updated_at) WHERE status = 'dead';",
+) WITHOUT ROWID"
+    ),
     // 4: the deliveries' foreign keys are checked at COMMIT (deferred), so a publish's
     // multi-row INSERT needs no statement journal (see schema.sql). A constraint's
     // timing is part of the table's definition: the table is rebuilt as in 3.
-    "ALTER TABLE deliveries RENAME TO deliveries_v3;
-     DROP INDEX deliveries_open;
-     DROP INDEX deliveries_by_event;
-     DROP INDEX deliveries_by_batch;
-     DROP INDEX deliveries_dead;
-     CREATE TABLE deliveries (
+    rebuild_deliveries!(
+        "deliveries_v3",
+        "CREATE TABLE deliveries (
     id              TEXT NOT NULL UNIQUE,
     hook_id         TEXT NOT NULL REFERENCES hooks (id) DEFERRABLE INITIALLY DEFERRED,
     seq             INTEGER NOT NULL,
@@ -95,17 +113,8 @@ const MIGRATIONS: &[&str] = &[
     created_at      INTEGER NOT NULL,
     updated_at      INTEGER NOT NULL,
     PRIMARY KEY (hook_id, seq)
-) WITHOUT ROWID;
-     INSERT INTO deliveries (id, hook_id, seq, event_id, batch_id, status, attempts,
-                             next_attempt_at, created_at, updated_at)
-         SELECT id, hook_id, seq, event_id, batch_id, status, attempts,
-                next_attempt_at, created_at, updated_at
-         FROM deliveries_v3 ORDER BY hook_id, seq;
-     DROP TABLE deliveries_v3;
-     CREATE INDEX deliveries_open ON deliveries (hook_id, seq) WHERE status IN ('pending', 'failed');
-     CREATE INDEX deliveries_by_event ON deliveries (event_id);
-     CREATE INDEX deliveries_by_batch ON deliveries (batch_id) WHERE batch_id IS NOT NULL;
-     CREATE INDEX deliveries_dead ON deliveries (updated_at) WHERE status = 'dead';",
+) WITHOUT ROWID"
+    ),
 ];
 
 /// Bytes the WAL file is truncated back to after a checkpoint.
@@ -561,13 +570,13 @@ impl Store {
         self.outcomes_coming.clone()
     }
 
-    /// Says that an outcome will follow: a dispatcher holds this while its request is
-    /// out and drops it once the outcome is queued. A group of outcomes alone waits a
-    /// little for those still coming, so a burst of deliveries (a fan-out) is recorded
-    /// in a few commits rather than one per handful.
-    pub fn outcome_coming(&self) -> OutcomeComing {
+    /// Says that an outcome will follow: a dispatcher takes this before its request
+    /// goes out and queues the outcome through it ([`OutcomeComing::submit`]). A group
+    /// of outcomes alone waits a little for those still coming, so a burst of
+    /// deliveries (a fan-out) is recorded in a few commits rather than one per handful.
+    pub fn outcome_coming(&self) -> OutcomeComing<'_> {
         self.outcomes_coming.fetch_add(1, Ordering::Relaxed);
-        OutcomeComing(self.outcomes_coming.clone())
+        OutcomeComing { store: self }
     }
 
     /// Sends one operation and waits until its transaction is committed (or failed).
@@ -585,7 +594,7 @@ impl Store {
                 .map_err(|_| StoreError::Busy)?,
             None => self.tx.send(request).map_err(|_| StoreError::Busy)?,
         }
-        result.recv().ok_or(StoreError::Busy)?
+        answer(result)
     }
 
     /// For API requests: gives up with `Busy` when the writer's queue stays full.
@@ -612,12 +621,32 @@ impl Store {
     }
 }
 
-/// An outcome on its way to the writer; see [`Store::outcome_coming`].
-pub struct OutcomeComing(Arc<AtomicUsize>);
+/// The answer to a queued operation, once its transaction is committed (or failed).
+pub fn answer(
+    result: ReplyReceiver<Result<WriteOutput, StoreError>>,
+) -> Result<WriteOutput, StoreError> {
+    result.recv().ok_or(StoreError::Busy)?
+}
 
-impl Drop for OutcomeComing {
+/// An outcome on its way to the writer; see [`Store::outcome_coming`].
+pub struct OutcomeComing<'a> {
+    store: &'a Store,
+}
+
+impl OutcomeComing<'_> {
+    /// Queues the outcome ([`Store::submit`]); from then on the writer sees it in its
+    /// queue rather than counted here.
+    pub fn submit(
+        self,
+        op: WriteOp,
+    ) -> Result<ReplyReceiver<Result<WriteOutput, StoreError>>, StoreError> {
+        self.store.submit(op)
+    }
+}
+
+impl Drop for OutcomeComing<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.store.outcomes_coming.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

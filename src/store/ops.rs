@@ -32,6 +32,16 @@ pub(super) enum OnConflict {
     Rollback,
 }
 
+impl OnConflict {
+    /// The statement's start, up to the table name.
+    fn insert(self) -> &'static str {
+        match self {
+            OnConflict::Abort => "INSERT INTO ",
+            OnConflict::Rollback => "INSERT OR ROLLBACK INTO ",
+        }
+    }
+}
+
 pub(super) fn apply(
     conn: &Connection,
     index: &FanoutIndex,
@@ -647,9 +657,10 @@ fn fan_out<'a>(
 /// four statements per table rather than one per row count.
 const CHUNKS: [usize; 4] = [64, 16, 4, 1];
 
-/// `INSERT … VALUES tuple, tuple, …` with `n` tuples.
-fn values_sql(head: &str, tuple: &str, n: usize) -> String {
-    let mut sql = String::with_capacity(head.len() + n * (tuple.len() + 1));
+/// `INSERT … VALUES tuple, tuple, …` with `n` tuples: `insert`, then `head`.
+fn values_sql(insert: &str, head: &str, tuple: &str, n: usize) -> String {
+    let mut sql = String::with_capacity(insert.len() + head.len() + n * (tuple.len() + 1));
+    sql.push_str(insert);
     sql.push_str(head);
     for i in 0..n {
         if i > 0 {
@@ -675,16 +686,13 @@ fn insert_rows(
     on_conflict: OnConflict,
 ) -> Result<(), StoreError> {
     let now = &rows.now;
-    // Neither INSERT then needs a statement journal (the deliveries' foreign keys are
-    // checked at COMMIT: schema.sql).
-    let insert = match on_conflict {
-        OnConflict::Abort => "INSERT INTO",
-        OnConflict::Rollback => "INSERT OR ROLLBACK INTO",
-    };
+    // With `Rollback` neither INSERT needs a statement journal (the deliveries' foreign
+    // keys are checked at COMMIT: schema.sql).
     insert_chunked(
         conn,
         "inserting events",
-        &format!("{insert} events (id, tenant, type, resource_id, data, created_at) VALUES "),
+        on_conflict,
+        "events (id, tenant, type, resource_id, data, created_at) VALUES ",
         "(?, ?, ?, ?, ?, ?)",
         &rows.events,
         |(id, e), values| {
@@ -701,10 +709,9 @@ fn insert_rows(
     insert_chunked(
         conn,
         "inserting deliveries",
-        &format!(
-            "{insert} deliveries (id, hook_id, seq, event_id, batch_id, status, attempts,
-                                 next_attempt_at, created_at, updated_at) VALUES "
-        ),
+        on_conflict,
+        "deliveries (id, hook_id, seq, event_id, batch_id, status, attempts,
+                     next_attempt_at, created_at, updated_at) VALUES ",
         "(?, ?, ?, ?, ?, 'pending', 0, ?, ?, ?)",
         &rows.deliveries,
         |d, values| {
@@ -722,11 +729,13 @@ fn insert_rows(
     )
 }
 
-/// Inserts `rows` with statements `head` followed by `tuple` once per row, in chunks of
-/// the sizes in [`CHUNKS`]; `bind` adds one row's values in `tuple`'s order.
+/// Inserts `rows` with statements `head` (after the INSERT `on_conflict` asks for)
+/// followed by `tuple` once per row, in chunks of the sizes in [`CHUNKS`]; `bind` adds
+/// one row's values in `tuple`'s order.
 fn insert_chunked<'r, T>(
     conn: &Connection,
     what: &str,
+    on_conflict: OnConflict,
     head: &str,
     tuple: &str,
     rows: &'r [T],
@@ -741,7 +750,7 @@ fn insert_chunked<'r, T>(
         for row in chunk {
             bind(row, &mut values);
         }
-        conn.prepare_cached(&values_sql(head, tuple, n))
+        conn.prepare_cached(&values_sql(on_conflict.insert(), head, tuple, n))
             .and_then(|mut s| s.execute(&*values))
             .ctx(what)?;
     }

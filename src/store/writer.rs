@@ -401,6 +401,12 @@ impl WriterState {
     }
 
     /// Inside the group's transaction, before any op: catches up with other writers.
+    /// After a pass that did not commit: the index holds what it applied.
+    fn reload_index(&mut self, conn: &Connection) -> Result<(), StoreError> {
+        self.index = FanoutIndex::load(conn)?;
+        Ok(())
+    }
+
     fn refresh(&mut self, conn: &Connection) -> Result<(), StoreError> {
         let v = data_version(conn)?;
         if v != self.data_version {
@@ -429,6 +435,18 @@ enum Mode {
     Careful,
 }
 
+impl Mode {
+    /// An optimistic pass starts over anyway when an op fails after writing, so its
+    /// INSERTs may end the transaction rather than undo themselves (which costs them a
+    /// statement journal).
+    fn on_conflict(self) -> ops::OnConflict {
+        match self {
+            Mode::Optimistic => ops::OnConflict::Rollback,
+            Mode::Careful => ops::OnConflict::Abort,
+        }
+    }
+}
+
 /// The outcome of each op of a group that committed, and what to tell the scheduler.
 struct Applied {
     results: Vec<Result<WriteOutput, StoreError>>,
@@ -454,10 +472,8 @@ fn commit_group(
     let outcome = loop {
         let pass = apply_group(conn, state, secrets, &ops, mode);
         if matches!(pass, Ok(Pass::RolledBack | Pass::ForeignKey(_))) {
-            // The index holds what the abandoned pass applied.
-            match FanoutIndex::load(conn) {
-                Ok(index) => state.index = index,
-                Err(e) => break Err(e),
+            if let Err(e) = state.reload_index(conn) {
+                break Err(e);
             }
         }
         match pass {
@@ -503,7 +519,7 @@ enum Pass {
     RolledBack,
     /// COMMIT found a foreign key broken (they are checked then: schema.sql); the
     /// transaction was rolled back.
-    ForeignKey(rusqlite::Error),
+    ForeignKey(StoreError),
 }
 
 /// Commits each op in a transaction of its own, after a group's COMMIT failed on a
@@ -523,30 +539,26 @@ fn commit_each(
     };
     for op in ops {
         let one = std::slice::from_ref(op);
-        let result = match apply_group(conn, state, secrets, one, Mode::Careful) {
+        let failed = match apply_group(conn, state, secrets, one, Mode::Careful) {
             Ok(Pass::Committed(mut applied)) => {
                 all.new_work.append(&mut applied.new_work);
                 all.reset.append(&mut applied.reset);
-                applied.results.pop().unwrap_or(Err(StoreError::Busy))
+                all.results.extend(applied.results);
+                continue;
             }
             Ok(Pass::ForeignKey(e)) => {
                 log::error!("writer: a request broke a foreign key and was refused: {e}");
-                if let Ok(index) = FanoutIndex::load(conn) {
-                    state.index = index;
-                }
-                Err(StoreError::Db("committing".into(), e))
+                e
             }
             // A careful pass undoes a failed op alone and never rolls back as a whole.
-            Ok(Pass::RolledBack) => Err(StoreError::Busy),
-            Err(e) => {
-                // What the failed op applied to the index is not on disk.
-                if let Ok(index) = FanoutIndex::load(conn) {
-                    state.index = index;
-                }
-                Err(e)
-            }
+            Ok(Pass::RolledBack) => StoreError::Busy,
+            Err(e) => e,
         };
-        all.results.push(result);
+        // The op's transaction did not commit, but the index holds what it applied.
+        if let Err(e) = state.reload_index(conn) {
+            log::debug!("writer: cannot reload hooks: {e}");
+        }
+        all.results.push(Err(failed));
     }
     all
 }
@@ -577,11 +589,7 @@ fn apply_group(
             run("SAVEPOINT op").ctx("opening a savepoint")?;
         }
         let before = tx.total_changes();
-        let on_conflict = match mode {
-            Mode::Optimistic => ops::OnConflict::Rollback,
-            Mode::Careful => ops::OnConflict::Abort,
-        };
-        let result = ops::apply(&tx, &state.index, secrets, op, on_conflict, &mut fx);
+        let result = ops::apply(&tx, &state.index, secrets, op, mode.on_conflict(), &mut fx);
         if result.is_ok() {
             state.index.absorb(&mut fx);
             applied.new_work.append(&mut fx.new_work);
@@ -604,12 +612,16 @@ fn apply_group(
     match tx.commit() {
         Ok(()) => Ok(Pass::Committed(applied)),
         // The failed COMMIT left the transaction open; dropping it rolled it back.
-        Err(rusqlite::Error::SqliteFailure(e, m))
-            if e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_FOREIGNKEY =>
-        {
-            Ok(Pass::ForeignKey(rusqlite::Error::SqliteFailure(e, m)))
+        Err(e) => {
+            let foreign_key = matches!(&e, rusqlite::Error::SqliteFailure(f, _)
+                if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_FOREIGNKEY);
+            let e = StoreError::Db("committing".into(), e);
+            if foreign_key {
+                Ok(Pass::ForeignKey(e))
+            } else {
+                Err(e)
+            }
         }
-        Err(e) => Err(StoreError::Db("committing".into(), e)),
     }
 }
 
@@ -637,18 +649,12 @@ mod tests {
         }
     }
 
-    /// One group of single-event publishes, one per type.
-    fn publish_each(
-        conn: &mut Connection,
-        state: &mut WriterState,
-        secrets: &SecretBox,
-        types: &[&str],
-    ) -> Vec<Result<WriteOutput, StoreError>> {
-        let ops = types
+    /// Single-event publishes, one per type.
+    fn publishes(types: &[&str]) -> Vec<WriteOp> {
+        types
             .iter()
             .map(|t| publish(vec![event(t, None)]))
-            .collect();
-        group(conn, state, secrets, ops)
+            .collect()
     }
 
     /// A hook's rows as (sequence, event type), in sequence order.
@@ -864,7 +870,12 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(state.index.slot(&a.id).unwrap().last_seq, 0);
-        let results = publish_each(&mut conn, &mut state, &secrets, &["b.1", "a.1", "b.2"]);
+        let results = group(
+            &mut conn,
+            &mut state,
+            &secrets,
+            publishes(&["b.1", "a.1", "b.2"]),
+        );
         assert!(results.iter().all(Result::is_ok), "{results:?}");
         let want: Vec<(i64, String)> = vec![(1, "a.squat".into()), (2, "a.1".into())];
         assert_eq!(hook_rows(&conn, &a.id), want);
@@ -878,20 +889,54 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
-    /// A foreign key is checked at COMMIT: a group whose COMMIT finds one broken is
-    /// committed again op by op, with the index read again from the file, so nothing
-    /// that was sound is refused and nothing broken is kept.
-    #[test]
-    fn a_broken_foreign_key_fails_the_commit_and_each_op_is_committed_alone() {
-        let (dir, mut conn, secrets, mut state) = fresh_store("foreign");
+    /// A store whose writer index still routes `x.*` to a hook whose row is gone, and
+    /// a sound hook for `b.*`: its directory, connection, secrets, state and the two.
+    #[allow(clippy::type_complexity)]
+    fn store_with_a_vanished_hook(
+        name: &str,
+    ) -> (
+        std::path::PathBuf,
+        Connection,
+        Arc<SecretBox>,
+        WriterState,
+        crate::model::Hook,
+        crate::model::Hook,
+    ) {
+        let (dir, mut conn, secrets, mut state) = fresh_store(name);
         let gone = create_hook(&mut conn, &mut state, &secrets, "x.*");
         let b = create_hook(&mut conn, &mut state, &secrets, "b.*");
-        // The hook's row goes behind the writer's index, which still routes x.* to it.
         conn.execute("DELETE FROM hooks WHERE id = ?1", [&gone.id])
             .unwrap();
+        // As if no other connection had written, so the index is not reloaded.
         state.data_version = data_version(&conn).unwrap();
         assert!(state.index.slot(&gone.id).is_some());
-        let results = publish_each(&mut conn, &mut state, &secrets, &["b.1", "x.1", "b.2"]);
+        (dir, conn, secrets, state, gone, b)
+    }
+
+    /// A foreign key is checked at COMMIT: the optimistic pass runs every op and its
+    /// COMMIT fails. The group is then committed again op by op, with the index read
+    /// again from the file, so nothing that was sound is refused and nothing broken is
+    /// kept.
+    #[test]
+    fn a_broken_foreign_key_fails_the_commit_and_each_op_is_committed_alone() {
+        let ops = || publishes(&["b.1", "x.1", "b.2"]);
+        // The pass alone: every op ran, the COMMIT refused, nothing is on disk.
+        let (dir, mut conn, secrets, mut state, _, _) = store_with_a_vanished_hook("fk-pass");
+        let pass = apply_group(&mut conn, &mut state, &secrets, &ops(), Mode::Optimistic);
+        assert!(
+            matches!(pass, Ok(Pass::ForeignKey(_))),
+            "not refused at COMMIT"
+        );
+        let rows: i64 = conn
+            .query_row("SELECT count(*) FROM deliveries", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, 0, "a refused COMMIT left rows");
+        drop(conn);
+        let _ = std::fs::remove_dir_all(&dir);
+
+        // The group as the writer runs it.
+        let (dir, mut conn, secrets, mut state, gone, b) = store_with_a_vanished_hook("fk");
+        let results = group(&mut conn, &mut state, &secrets, ops());
         assert!(results.iter().all(Result::is_ok), "{results:?}");
         assert!(
             matches!(&results[1], Ok(WriteOutput::Published { body, .. }) if body.contains(r#""deliveries":0"#)),
