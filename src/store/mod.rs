@@ -671,6 +671,23 @@ pub(crate) fn test_dir(name: &str) -> PathBuf {
 mod tests {
     use super::*;
 
+    /// `.cargo/config.toml` reaches the bundled SQLite's build (BENCHMARKS.md, item 23).
+    #[test]
+    fn sqlite_is_built_without_memory_statistics() {
+        let conn = Connection::open_in_memory().unwrap();
+        let options: Vec<String> = conn
+            .prepare("PRAGMA compile_options")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(
+            options.iter().any(|o| o == "DEFAULT_MEMSTATUS=0"),
+            "{options:?}"
+        );
+    }
+
     /// `type, name, sql` of every schema object, in name order.
     fn schema_of(conn: &Connection) -> Vec<(String, String, Option<String>)> {
         let mut stmt = conn
