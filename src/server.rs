@@ -94,8 +94,6 @@ pub fn run(config: Config) -> Result<(), Error> {
     let addr = listener.local_addr()?;
     // A body gets three read timeouts in all: slow links pass, trickling clients do not.
     let body_deadline = config.read_timeout * 3;
-    let http = crate::api::Http::new(listener, body_deadline)
-        .map_err(|e| format!("cannot serve on {addr}: {e}"))?;
     let limits = Arc::new(crate::api::Limits {
         max_body: config.max_body,
         body_deadline,
@@ -105,21 +103,29 @@ pub fn run(config: Config) -> Result<(), Error> {
     });
     let rate_limiter = Arc::new(crate::api::RateLimiter::new(config.rate_limit));
     let metrics = Arc::new(crate::metrics::Metrics::default());
-    let mut handlers = Vec::new();
-    for i in 0..config.handlers {
-        let ctx = crate::api::Ctx {
+    let mut ctxs = Vec::new();
+    for _ in 0..config.handlers {
+        ctxs.push(crate::api::Ctx {
             store: store.clone(),
             reader: reader()?,
             limits: limits.clone(),
             verifier: dispatch::handshake::Verifier::new(agent.clone()),
             rate_limiter: rate_limiter.clone(),
             metrics: metrics.clone(),
-        };
-        let (http, stopping) = (http.clone(), stopping.clone());
-        handlers.push(spawn(format!("http-{i}"), move || {
-            crate::api::run_handler(http, ctx, stopping)
-        })?);
+        });
     }
+    // Requests are served on tiny_http's connection threads, at most `handlers` at a
+    // time (api/pool.rs). One that finds them all busy waits until a body still
+    // arriving on one of them has had its deadline, plus as long as a write may wait
+    // for room in the writer's queue: slow clients hold a handler only so long.
+    let handlers = Arc::new(crate::api::Handlers::new(
+        ctxs,
+        body_deadline + config.enqueue_timeout,
+        metrics.clone(),
+    ));
+    // Serves until the end of this function (dropping it closes the listener).
+    let _http = crate::api::Http::new(listener, body_deadline, handlers.clone())
+        .map_err(|e| format!("cannot serve on {addr}: {e}"))?;
 
     let lanes = dispatch::LaneSenders {
         fast: fast_tx,
@@ -211,9 +217,9 @@ pub fn run(config: Config) -> Result<(), Error> {
     // Stop taking requests, then stop handing out deliveries; attempts in flight may
     // finish (bounded); then the WAL is checkpointed into the database file.
     stopping.store(true, Ordering::SeqCst);
-    http.unblock(handlers.len());
-    for h in handlers {
-        let _ = h.join();
+    let busy = handlers.close(config.shutdown_timeout);
+    if busy > 0 {
+        log::warn!("{busy} requests were still being served at shutdown");
     }
     drop(stop_tx);
     let _ = scheduler.join();

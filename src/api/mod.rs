@@ -1,5 +1,5 @@
-//! The HTTP API (SPEC §2–§7) on tiny_http: a fixed pool of handler threads share one
-//! server. The whole route table is the one `match` in [`handle`]; each resource has its
+//! The HTTP API (SPEC §2–§7) on tiny_http: each request is served on its connection's
+//! thread with one of a fixed pool of handler contexts (`pool.rs`). The whole route table is the one `match` in [`handle`]; each resource has its
 //! own file; every error becomes the same JSON shape in `error`. Only this module
 //! touches tiny_http; it talks to SQLite only through `store`.
 
@@ -8,11 +8,11 @@ mod events;
 mod hooks;
 mod input;
 mod keys;
+mod pool;
 mod ratelimit;
 
 use std::io::Cursor;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,6 +20,7 @@ use serde_json::Value;
 use tiny_http::{Header, Method, Request, Response, Server};
 
 pub use error::ApiError;
+pub use pool::Handlers;
 pub use ratelimit::RateLimiter;
 
 use crate::dispatch::handshake::Verifier;
@@ -28,7 +29,7 @@ use crate::model::{ApiKey, Role};
 use crate::store::{self, Reader, Store};
 use crate::target::Policy;
 
-/// What one handler thread works with.
+/// What serving one request works with: one of `--handlers` (see `pool.rs`).
 pub struct Ctx {
     pub store: Store,
     pub reader: Reader,
@@ -102,46 +103,27 @@ impl Reply {
 
 type Handled = Result<Reply, ApiError>;
 
-/// The HTTP server the handler threads share.
-#[derive(Clone)]
+/// The HTTP server: tiny_http's accept and connection threads, which serve the requests.
 pub struct Http {
-    server: Arc<Server>,
+    /// Kept for its life: dropping it closes the listening socket.
+    _server: Server,
 }
 
 impl Http {
-    /// Serves on an already bound listener. Its socket timeouts are inherited by every
-    /// accepted connection (Linux), which is what drops clients that stall: tiny_http
-    /// sets none itself.
-    /// Request bodies must arrive within `body_deadline`.
-    pub fn new(listener: std::net::TcpListener, body_deadline: Duration) -> std::io::Result<Http> {
+    /// Serves on an already bound listener, each request on its connection's thread
+    /// with a context from `handlers`. The listener's socket timeouts are inherited by
+    /// every accepted connection (Linux), which is what drops clients that stall:
+    /// tiny_http sets none itself. Request bodies must arrive within `body_deadline`.
+    pub fn new(
+        listener: std::net::TcpListener,
+        body_deadline: Duration,
+        handlers: Arc<Handlers>,
+    ) -> std::io::Result<Http> {
         tiny_http::set_body_deadline(body_deadline);
-        let server = Server::from_listener(listener, None)
+        let serve: tiny_http::InlineHandler = Arc::new(move |request| handlers.serve(request));
+        let server = Server::from_listener_inline(listener, None, Some(serve))
             .map_err(|e| std::io::Error::other(e.to_string()))?;
-        Ok(Http {
-            server: Arc::new(server),
-        })
-    }
-
-    /// Wakes `n` handler threads waiting for a request, so they see the stop flag.
-    pub fn unblock(&self, n: usize) {
-        for _ in 0..n {
-            self.server.unblock();
-        }
-    }
-}
-
-/// A handler thread's loop: serve until `stopping` is set.
-pub fn run_handler(http: Http, ctx: Ctx, stopping: Arc<AtomicBool>) {
-    let server = http.server;
-    while !stopping.load(Ordering::SeqCst) {
-        match server.recv_timeout(Duration::from_millis(200)) {
-            Ok(Some(request)) => serve_one(&ctx, request),
-            Ok(None) => {}
-            Err(e) => {
-                log::error!("http: {e}");
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
+        Ok(Http { _server: server })
     }
 }
 
@@ -154,6 +136,16 @@ fn serve_one(ctx: &Ctx, mut request: Request) {
         log::error!("panic while serving {} {}", request.method(), request.url());
         Err(ApiError::internal())
     });
+    respond(&ctx.metrics, request, template, result);
+}
+
+/// Sends the answer, and counts it under the route `template` it was served by.
+fn respond(
+    metrics: &Metrics,
+    request: Request,
+    template: &'static str,
+    result: Result<Reply, ApiError>,
+) {
     let (status, body, retry_after, content_type, extra) = match result {
         Ok(reply) => (
             reply.status,
@@ -170,7 +162,7 @@ fn serve_one(ctx: &Ctx, mut request: Request) {
             &[][..],
         ),
     };
-    ctx.metrics.request(template, status);
+    metrics.request(template, status);
     let mut response = Response::new(
         status.into(),
         Vec::new(),

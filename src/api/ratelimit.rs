@@ -1,5 +1,5 @@
 //! Per-key rate limiting: a token bucket per API key, refilled at `rate` tokens a second
-//! and holding at most one second's worth, shared by every handler thread.
+//! and holding at most one second's worth, shared by every request being served.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
