@@ -528,3 +528,66 @@ fn the_server_still_accepts_after_idling_past_the_read_timeout() {
     );
     assert_served_promptly(&hookd, "after an idle keep-alive connection");
 }
+
+/// With every handler context in use (here the only one, held by a hook create whose
+/// handshake target accepts the connection and never answers), a request waits up to
+/// the body deadline plus `--enqueue-timeout` and is then answered 503 in the JSON
+/// error shape with `Retry-After`; the create still completes, and once the context is
+/// free the server serves again with the hook in place.
+#[test]
+fn a_request_that_finds_every_handler_busy_gets_503_and_nothing_is_lost() {
+    // Accepts every connection and keeps it open without a byte of answer.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    let (held_tx, held_rx) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in silent.incoming().flatten() {
+            held.push(conn);
+            let _ = held_tx.send(());
+        }
+    });
+    let hookd = Arc::new(
+        Hookd::options()
+            .delivery_timeout("3s")
+            .arg("--handlers")
+            .arg("1")
+            .arg("--read-timeout")
+            .arg("200ms")
+            .arg("--enqueue-timeout")
+            .arg("200ms")
+            .start(),
+    );
+    let creator = {
+        let hookd = Arc::clone(&hookd);
+        thread::spawn(move || {
+            hookd.post(
+                &hookd.admin,
+                "/v1/hooks",
+                &json!({"target_url": format!("http://127.0.0.1:{silent_port}/hook"), "event": "a.*"}),
+            )
+        })
+    };
+    // The handshake has reached the target: the only context is held until it times out.
+    held_rx
+        .recv_timeout(WAIT)
+        .expect("the hook create's handshake never reached its target");
+
+    let busy = hookd.request("GET", "/healthz", None, &[], None);
+    assert_eq!(busy.status, 503, "with the only handler busy: {busy}");
+    assert_eq!(busy.body["error"]["code"], "unavailable", "{busy}");
+    assert!(
+        busy.header("Retry-After").is_some(),
+        "503 without Retry-After: {busy}"
+    );
+
+    let created = creator.join().unwrap();
+    assert_eq!(created.status, 201, "the create still completes: {created}");
+    let id = created.body["id"].as_str().expect("hook id").to_string();
+    hookd.assert_healthy();
+    let hook = hookd.get(&hookd.admin, &format!("/v1/hooks/{id}"));
+    assert_eq!(
+        hook.status, 200,
+        "the hook created meanwhile is kept: {hook}"
+    );
+}
