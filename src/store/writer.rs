@@ -34,6 +34,13 @@ const OUTCOME_GROUP: usize = 64;
 /// How often a lingering writer looks again whether outcomes are still coming.
 const OUTCOME_POLL: Duration = Duration::from_micros(100);
 
+/// The writer's nice value. It is the one thread every publish and every delivery
+/// outcome waits for: while the kernel runs a connection thread or a dispatcher instead
+/// (2 cores, dozens of runnable threads), every client waits. Lowering a nice value
+/// needs CAP_SYS_NICE or an `RLIMIT_NICE` that allows it (systemd: `LimitNICE=-10`);
+/// without either the writer keeps the default priority. BENCHMARKS.md, item 27.
+const WRITER_NICE: i32 = -10;
+
 /// One write, sent by an API handler or a dispatcher.
 #[derive(Debug)]
 pub enum WriteOp {
@@ -281,6 +288,7 @@ pub fn run(
     wakeups: Sender<Wakeup>,
     outcomes_coming: Arc<AtomicUsize>,
 ) {
+    raise_priority();
     let mut state = match WriterState::new(&conn) {
         Ok(s) => s,
         Err(e) => {
@@ -352,6 +360,18 @@ pub fn run(
         }
     }
     log::debug!("writer: queue closed, stopping");
+}
+
+/// Gives the calling (writer) thread [`WRITER_NICE`] if the process may.
+fn raise_priority() {
+    let me = rustix::thread::gettid();
+    match rustix::process::setpriority_process(Some(me), WRITER_NICE) {
+        Ok(()) => log::debug!("writer: running at nice {WRITER_NICE}"),
+        Err(e) => log::info!(
+            "writer: keeps the default priority; nice {WRITER_NICE} needs CAP_SYS_NICE or \
+             RLIMIT_NICE ({e})"
+        ),
+    }
 }
 
 /// Holds back a group of delivery outcomes alone while dispatchers still have requests
