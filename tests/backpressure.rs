@@ -136,3 +136,42 @@ fn a_full_writer_queue_answers_503_and_recovers_without_losing_accepted_events()
     assert!(!hook.id.is_empty());
     hookd.assert_healthy();
 }
+
+/// The writer thread runs at nice -10 when the process may lower a nice value (root,
+/// CAP_SYS_NICE or RLIMIT_NICE); otherwise it says at start-up that it keeps the
+/// default priority, and serves all the same.
+#[test]
+fn the_writer_runs_at_a_raised_priority_or_says_why_not() {
+    let hookd = Hookd::options().env("RUST_LOG", "info").start();
+    let tasks = format!("/proc/{}/task", hookd.pid());
+    let writer = std::fs::read_dir(&tasks)
+        .expect("hookd's threads")
+        .flatten()
+        .find(|t| {
+            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == "writer")
+        })
+        .expect("a thread named writer");
+    let stat = std::fs::read_to_string(writer.path().join("stat")).unwrap();
+    // Fields after the command name (which ends with the last ')'): state is field 3,
+    // nice field 19.
+    let after_comm = &stat[stat.rfind(')').unwrap() + 2..];
+    let nice: i32 = after_comm.split(' ').nth(16).unwrap().parse().unwrap();
+    if nice != -10 {
+        let said = wait_until_or(WAIT, || {
+            hookd
+                .stderr()
+                .contains("writer: keeps the default priority")
+                .then_some(())
+        });
+        assert!(
+            said.is_some(),
+            "the writer runs at nice {nice}, not -10, and did not say why:\n{}",
+            hookd.stderr()
+        );
+        assert_eq!(
+            nice, 0,
+            "the writer's nice value is neither -10 nor the default"
+        );
+    }
+    hookd.assert_healthy();
+}

@@ -647,6 +647,11 @@ impl Hookd {
         }
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("hookd is running").id()
+    }
+
     /// What the server wrote to stderr so far (for failure messages).
     pub fn stderr(&self) -> String {
         String::from_utf8_lossy(&self.stderr.lock().unwrap()).into_owned()
