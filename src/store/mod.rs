@@ -635,12 +635,15 @@ pub struct OutcomeComing<'a> {
 
 impl OutcomeComing<'_> {
     /// Queues the outcome ([`Store::submit`]); from then on the writer sees it in its
-    /// queue rather than counted here.
+    /// queue rather than counted here. The count goes down first: the writer looks at
+    /// it when this outcome wakes it, and must not wait for the outcome it holds.
     pub fn submit(
         self,
         op: WriteOp,
     ) -> Result<ReplyReceiver<Result<WriteOutput, StoreError>>, StoreError> {
-        self.store.submit(op)
+        let store = self.store;
+        drop(self);
+        store.submit(op)
     }
 }
 
