@@ -35,7 +35,8 @@ pub struct ServeArgs {
     /// Dispatcher threads (deliveries in flight at once).
     #[arg(long, env = "HOOKD_DISPATCHERS", default_value_t = 32)]
     pub dispatchers: usize,
-    /// Requests served at once (each on its connection's thread, with a read connection of its own).
+    /// Requests served at once (each on its connection's thread, with a read
+    /// connection of its own).
     #[arg(long, env = "HOOKD_HANDLERS", default_value_t = 32)]
     pub handlers: usize,
     /// Allow targets on loopback and private networks.

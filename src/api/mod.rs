@@ -1,7 +1,8 @@
 //! The HTTP API (SPEC §2–§7) on tiny_http: each request is served on its connection's
-//! thread with one of a fixed pool of handler contexts (`pool.rs`). The whole route table is the one `match` in [`handle`]; each resource has its
-//! own file; every error becomes the same JSON shape in `error`. Only this module
-//! touches tiny_http; it talks to SQLite only through `store`.
+//! thread with one of a fixed pool of handler contexts (`pool.rs`). The whole route
+//! table is the one `match` in [`handle`]; each resource has its own file; every error
+//! becomes the same JSON shape in `error`. Only this module touches tiny_http; it talks
+//! to SQLite only through `store`.
 
 mod error;
 mod events;

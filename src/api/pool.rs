@@ -5,7 +5,7 @@
 //!
 //! Serving on the connection's thread saves a thread hand-off per request (the
 //! connection thread queued every request for a separate handler thread, which woke to
-//! serve it: 10 % more single publishes per second as measured, BENCHMARKS.md item 26).
+//! serve it): a tenth less CPU per single publish as measured, BENCHMARKS.md item 26.
 //! The pool keeps what the fixed handler threads gave: at most `--handlers` requests
 //! are served at once, each with a read connection of its own. A request that finds
 //! every context in use waits up to `wait` for one and is then answered 503.
