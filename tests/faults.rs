@@ -291,7 +291,7 @@ fn backup_while_delivering_gives_a_copy_with_the_hooks_and_pending_deliveries() 
 /// before is delivered.
 ///
 /// This goes through the commit-failure path. The bounded writer queue itself (8192
-/// requests) cannot be filled through the API: each handler thread (at most 1024) has
+/// requests) cannot be filled through the API: each handler context (at most 1024) has
 /// one request in the queue at a time. Testing it needs a knob; see the report.
 #[test]
 fn a_writer_locked_out_answers_503_and_recovers_by_itself() {

@@ -26,7 +26,7 @@ fn start() -> Hookd {
     Hookd::options().arg("--read-timeout").arg("1s").start()
 }
 
-/// `start()` with only two handler threads, so that a few stalled clients could hold
+/// `start()` with only two handler contexts, so that a few stalled clients could hold
 /// them all.
 fn start_with_two_handlers() -> Hookd {
     Hookd::options()
@@ -228,7 +228,7 @@ fn clients_that_stop_half_way_are_dropped() {
     let (status, _) = timed_healthz(port);
     assert_eq!(status, Some(200), "after the half-sent requests");
 
-    // Complete heads whose bodies stop, more than there are handler threads: the
+    // Complete heads whose bodies stop, more than there are handler contexts: the
     // server must give up on them.
     let mut bodies = Vec::new();
     for i in 0..3 {
@@ -261,7 +261,7 @@ const BODY_DEADLINE: Duration = Duration::from_secs(4);
 
 /// Two clients send `head` and then trickle their body onto a server with two handler
 /// threads; a normal client must be answered, and the tricklers cut off, within about
-/// `BODY_DEADLINE`. (Holding a handler thread until the deadline is allowed; holding it
+/// `BODY_DEADLINE`. (Holding a handler context until the deadline is allowed; holding it
 /// for as long as the client keeps trickling is not.)
 fn assert_trickles_are_cut_off(what: &str, head: impl Fn(u16, &str) -> String) {
     let hookd = start_with_two_handlers();
@@ -285,7 +285,7 @@ fn assert_trickles_are_cut_off(what: &str, head: impl Fn(u16, &str) -> String) {
     }
     let started = Instant::now();
 
-    // As many tricklers as handler threads: a normal client must still get an answer,
+    // As many tricklers as handler contexts: a normal client must still get an answer,
     // at the latest once the trickles have been cut off.
     let mut normal = send_partial(
         port,
@@ -326,7 +326,7 @@ fn assert_trickles_are_cut_off(what: &str, head: impl Fn(u16, &str) -> String) {
     assert_eq!(
         status_of(&answer),
         Some(200),
-        "2 {what} trickled at 5 bytes/s onto as many handler threads: /healthz got {:?} after \
+        "2 {what} trickled at 5 bytes/s onto as many handler contexts: /healthz got {:?} after \
          {waited:?}; a body must be cut off within about {BODY_DEADLINE:?} (--read-timeout \
          1s), not only after 1s of silence",
         String::from_utf8_lossy(&answer)
