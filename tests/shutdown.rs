@@ -2,7 +2,7 @@
 //! an attempt in flight finish within `--shutdown-timeout`, checkpoints the WAL and
 //! exits 0; an attempt still unfinished at the deadline is released (sent again, under
 //! the same `webhook-id`, after the restart); a second signal while stopping exits at
-//! once with status 130.
+//! once with status 130. Requests that arrive while it stops are answered 503.
 
 mod common;
 mod faultkit;
@@ -118,6 +118,19 @@ fn a_second_sigterm_while_stopping_exits_at_once_with_130() {
     // The first signal is being handled: hookd waits for the hanging receiver.
     server.wait_log("stopping", WAIT);
     assert!(server.running(), "hookd exited before the second signal");
+    // Meanwhile a request is answered, and refused: 503 with Retry-After, in the JSON
+    // error shape (the log line comes just before requests are refused, hence the poll).
+    let deadline = Instant::now() + WAIT;
+    let refused = loop {
+        let a = server.get("/healthz");
+        if a.status == 503 || Instant::now() >= deadline {
+            break a;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(refused.status, 503, "a request while stopping: {refused}");
+    assert_eq!(refused.body["error"]["code"], "unavailable", "{refused}");
+    assert!(refused.header("retry-after").is_some(), "{refused}");
     let signalled = Instant::now();
     server.signal("TERM");
     let status = server
