@@ -72,7 +72,7 @@ pub fn run(config: Config) -> Result<(), Error> {
 
     let writer_conn = opened.writer_conn;
     let writer_secrets = secrets.clone();
-    let outcomes_coming = store.outcomes_coming();
+    let outcomes_coming = store.outcome_count();
     let writer = spawn("writer".into(), move || {
         store::writer::run(
             writer_conn,

@@ -10,7 +10,6 @@
 //! are served at once, each with a read connection of its own. A request that finds
 //! every context in use waits up to `wait` for one and is then answered 503.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -21,15 +20,22 @@ use crate::metrics::Metrics;
 
 pub struct Handlers {
     free: Mutex<Free>,
+    /// Signalled when a context comes back; `take` and `close` wait on it.
     returned: Condvar,
     size: usize,
-    closed: AtomicBool,
     wait: Duration,
     metrics: Arc<Metrics>,
 }
 
+/// Everything behind the one lock, so that a state change and the wake-up for it
+/// cannot cross.
 struct Free {
     ctxs: Vec<Ctx>,
+    /// Threads waiting on `returned`: a context that comes back wakes nobody (no
+    /// syscall on the request's path) when none waits.
+    waiting: usize,
+    /// Set by `close`: every later request is refused.
+    closed: bool,
     /// Set once `close` has dropped the contexts: one coming back later is dropped too.
     dropped: bool,
 }
@@ -40,10 +46,11 @@ impl Handlers {
             size: ctxs.len(),
             free: Mutex::new(Free {
                 ctxs,
+                waiting: 0,
+                closed: false,
                 dropped: false,
             }),
             returned: Condvar::new(),
-            closed: AtomicBool::new(false),
             wait,
             metrics,
         }
@@ -65,7 +72,7 @@ impl Handlers {
         let deadline = Instant::now() + self.wait;
         let mut free = self.lock();
         loop {
-            if self.closed.load(Ordering::SeqCst) {
+            if free.closed {
                 return Err(ApiError::unavailable("hookd is stopping"));
             }
             if let Some(ctx) = free.ctxs.pop() {
@@ -77,11 +84,7 @@ impl Handlers {
                     "every request handler is busy; retry after the time in Retry-After",
                 ));
             }
-            free = self
-                .returned
-                .wait_timeout(free, deadline - now)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
+            free = self.wait_for_return(free, deadline - now);
         }
     }
 
@@ -94,33 +97,50 @@ impl Handlers {
             return;
         }
         free.ctxs.push(ctx);
+        let wake = free.waiting > 0;
         drop(free);
-        self.returned.notify_all();
+        if wake {
+            self.returned.notify_all();
+        }
     }
 
     /// Stops serving: later requests are answered 503. Waits up to `timeout` for the
     /// requests being served, then drops every context (each holds a handle on the
     /// writer, which stops once all are gone). Returns how many were still busy.
     pub fn close(&self, timeout: Duration) -> usize {
-        self.closed.store(true, Ordering::SeqCst);
-        self.returned.notify_all();
         let deadline = Instant::now() + timeout;
         let mut free = self.lock();
+        free.closed = true;
+        if free.waiting > 0 {
+            self.returned.notify_all();
+        }
         while free.ctxs.len() < self.size {
             let now = Instant::now();
             if now >= deadline {
                 break;
             }
-            free = self
-                .returned
-                .wait_timeout(free, deadline - now)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
+            free = self.wait_for_return(free, deadline - now);
         }
         let busy = self.size - free.ctxs.len();
         free.ctxs.clear();
         free.dropped = true;
         busy
+    }
+
+    /// Waits (counted in `waiting`) until a context comes back or `timeout` passes.
+    fn wait_for_return<'a>(
+        &self,
+        mut free: MutexGuard<'a, Free>,
+        timeout: Duration,
+    ) -> MutexGuard<'a, Free> {
+        free.waiting += 1;
+        let mut free = self
+            .returned
+            .wait_timeout(free, timeout)
+            .unwrap_or_else(|p| p.into_inner())
+            .0;
+        free.waiting -= 1;
+        free
     }
 
     fn lock(&self) -> MutexGuard<'_, Free> {

@@ -277,7 +277,7 @@ fn base32_sql(x: &str) -> String {
 mod tests {
     use super::*;
     use crate::model::{HookStatus, PayloadKind};
-    use crate::store::{Direct, NewHook, WriteOp, WriteOutput};
+    use crate::store::{count, count_with, Direct, NewHook, WriteOp, WriteOutput};
     use std::path::PathBuf;
 
     /// A database made by `store::open`, with `n` active hooks created through the
@@ -357,20 +357,6 @@ mod tests {
         .unwrap()
         .collect::<Result<_, _>>()
         .unwrap()
-    }
-
-    fn count(conn: &Connection, sql: &str) -> i64 {
-        count_with(conn, sql, "")
-    }
-
-    fn count_with(conn: &Connection, sql: &str, arg: &str) -> i64 {
-        let mut stmt = conn.prepare(sql).unwrap();
-        let result = if stmt.parameter_count() == 1 {
-            stmt.query_row([arg], |r| r.get(0))
-        } else {
-            stmt.query_row([], |r| r.get(0))
-        };
-        result.unwrap()
     }
 
     #[test]

@@ -566,7 +566,7 @@ impl Store {
     }
 
     /// The count behind [`Store::outcome_coming`], for the writer.
-    pub(crate) fn outcomes_coming(&self) -> Arc<AtomicUsize> {
+    pub(crate) fn outcome_count(&self) -> Arc<AtomicUsize> {
         self.outcomes_coming.clone()
     }
 
@@ -656,6 +656,24 @@ impl Drop for OutcomeComing<'_> {
 /// The API key for a token, if it is live.
 pub fn authenticate(reader: &Reader, token: &str) -> Result<Option<ApiKey>, StoreError> {
     reader.key_by_hash(&token_hash(token))
+}
+
+/// The one number `sql` selects (a count, say), in a test.
+#[cfg(test)]
+pub(crate) fn count(conn: &Connection, sql: &str) -> i64 {
+    count_with(conn, sql, "")
+}
+
+/// As [`count`], for `sql` with one parameter, `arg`.
+#[cfg(test)]
+pub(crate) fn count_with(conn: &Connection, sql: &str, arg: &str) -> i64 {
+    let mut stmt = conn.prepare(sql).unwrap();
+    let result = if stmt.parameter_count() == 1 {
+        stmt.query_row([arg], |r| r.get(0))
+    } else {
+        stmt.query_row([], |r| r.get(0))
+    };
+    result.unwrap()
 }
 
 /// A new, empty directory for one test's database files.

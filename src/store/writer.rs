@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, Sender};
 use rusqlite::{Connection, TransactionBehavior};
 
 use super::reply::ReplySender;
@@ -390,20 +390,14 @@ fn linger(requests: &Receiver<Request>, group: &mut Vec<Request>, coming: &Atomi
     }
     let deadline = Instant::now() + OUTCOME_LINGER;
     while group.len() < OUTCOME_GROUP && coming.load(Ordering::Relaxed) > 0 {
-        let now = Instant::now();
-        if now >= deadline {
+        // Past the deadline (or with the queue closed) this returns at once.
+        let Ok(r) = requests.recv_deadline(deadline) else {
             return;
-        }
-        match requests.recv_deadline(deadline) {
-            Ok(r) => {
-                let more = outcome(&r);
-                group.push(r);
-                if !more {
-                    return;
-                }
-            }
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => return,
+        };
+        let more = outcome(&r);
+        group.push(r);
+        if !more {
+            return;
         }
     }
 }
@@ -425,18 +419,18 @@ impl WriterState {
         })
     }
 
-    /// Inside the group's transaction, before any op: catches up with other writers.
     /// After a pass that did not commit: the index holds what it applied.
     fn reload_index(&mut self, conn: &Connection) -> Result<(), StoreError> {
         self.index = FanoutIndex::load(conn)?;
         Ok(())
     }
 
+    /// Inside the group's transaction, before any op: catches up with other writers.
     fn refresh(&mut self, conn: &Connection) -> Result<(), StoreError> {
         let v = data_version(conn)?;
         if v != self.data_version {
             log::debug!("writer: the file was changed by another connection; reloading hooks");
-            self.index = FanoutIndex::load(conn)?;
+            self.reload_index(conn)?;
             self.data_version = v;
         }
         Ok(())
@@ -654,7 +648,7 @@ fn apply_group(
 mod tests {
     use super::*;
     use crate::model::{HookStatus, PayloadKind};
-    use crate::store::NewEvent;
+    use crate::store::{count, NewEvent};
 
     fn event(event_type: &str, key: Option<(&str, &[u8])>) -> NewEvent {
         NewEvent {
@@ -851,21 +845,12 @@ mod tests {
         let want: Vec<(i64, String)> =
             vec![(1, "t.a".into()), (2, "t.x".into()), (3, "t.y".into())];
         assert_eq!(hook_rows(&conn, &hook.id), want);
-        let lost: i64 = conn
-            .query_row(
-                "SELECT count(*) FROM events WHERE type = 't.lost'",
-                [],
-                |r| r.get(0),
-            )
-            .unwrap();
+        let lost = count(&conn, "SELECT count(*) FROM events WHERE type = 't.lost'");
         assert_eq!(lost, 0, "the failed publish's first event was committed");
-        let kept: i64 = conn
-            .query_row(
-                "SELECT count(*) FROM idempotency WHERE key = 'event:fresh'",
-                [],
-                |r| r.get(0),
-            )
-            .unwrap();
+        let kept = count(
+            &conn,
+            "SELECT count(*) FROM idempotency WHERE key = 'event:fresh'",
+        );
         assert_eq!(
             kept, 0,
             "the failed publish's idempotency key was committed"
@@ -906,9 +891,7 @@ mod tests {
         assert_eq!(hook_rows(&conn, &a.id), want);
         let want: Vec<(i64, String)> = vec![(1, "b.1".into()), (2, "b.2".into())];
         assert_eq!(hook_rows(&conn, &b.id), want);
-        let events: i64 = conn
-            .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
-            .unwrap();
+        let events = count(&conn, "SELECT count(*) FROM events");
         assert_eq!(events, 4, "an event of the abandoned pass was kept");
         drop(conn);
         let _ = std::fs::remove_dir_all(&dir);
@@ -952,9 +935,7 @@ mod tests {
             matches!(pass, Ok(Pass::ForeignKey(_))),
             "not refused at COMMIT"
         );
-        let rows: i64 = conn
-            .query_row("SELECT count(*) FROM deliveries", [], |r| r.get(0))
-            .unwrap();
+        let rows = count(&conn, "SELECT count(*) FROM deliveries");
         assert_eq!(rows, 0, "a refused COMMIT left rows");
         drop(conn);
         let _ = std::fs::remove_dir_all(&dir);
@@ -971,11 +952,7 @@ mod tests {
         let want: Vec<(i64, String)> = vec![(1, "b.1".into()), (2, "b.2".into())];
         assert_eq!(hook_rows(&conn, &b.id), want);
         assert!(hook_rows(&conn, &gone.id).is_empty());
-        let broken: i64 = conn
-            .query_row("SELECT count(*) FROM pragma_foreign_key_check", [], |r| {
-                r.get(0)
-            })
-            .unwrap();
+        let broken = count(&conn, "SELECT count(*) FROM pragma_foreign_key_check");
         assert_eq!(broken, 0);
         drop(conn);
         let _ = std::fs::remove_dir_all(&dir);
