@@ -112,6 +112,7 @@ pub fn run(config: Config) -> Result<(), Error> {
             verifier: dispatch::handshake::Verifier::new(agent.clone()),
             rate_limiter: rate_limiter.clone(),
             metrics: metrics.clone(),
+            keys: crate::api::KeyCache::default(),
         });
     }
     // Requests are served on tiny_http's connection threads, at most `handlers` at a

@@ -55,6 +55,51 @@ fn keys_are_shown_once_and_revoked_at_once() {
         .expect_error(401, "unauthorized");
 }
 
+/// hookd keeps the keys of publishes it has seen; a revoked key must still be refused
+/// at its next publish, and that publish must leave nothing behind.
+#[test]
+fn a_publishing_key_is_refused_at_once_when_revoked() {
+    // One handler context: every publish here is served by the one that cached the key.
+    let hookd = Hookd::options().arg("--handlers").arg("1").start();
+    let publisher = hookd.key("publisher", None);
+    for _ in 0..3 {
+        hookd
+            .post(
+                &publisher.token,
+                "/v1/events",
+                &json!({"type": "rk.before"}),
+            )
+            .expect(202);
+    }
+    let r = hookd.delete(&hookd.admin, &format!("/v1/keys/{}", publisher.id));
+    assert_eq!(r.status, 204, "revoke: {r}");
+    hookd
+        .post(&publisher.token, "/v1/events", &json!({"type": "rk.after"}))
+        .expect_error(401, "unauthorized");
+    hookd
+        .post(
+            &publisher.token,
+            "/v1/events",
+            &json!([{"type": "rk.after"}, {"type": "rk.after"}]),
+        )
+        .expect_error(401, "unauthorized");
+    let after = hookd
+        .get(&hookd.admin, "/v1/events?type=rk.after")
+        .expect(200);
+    assert!(
+        data_field(&after, "id").is_empty(),
+        "a refused publish was stored: {after}"
+    );
+    let before = hookd
+        .get(&hookd.admin, "/v1/events?type=rk.before")
+        .expect(200);
+    assert_eq!(data_field(&before, "id").len(), 3, "{before}");
+    // Other keys are untouched.
+    hookd
+        .post(&hookd.admin, "/v1/events", &json!({"type": "rk.admin"}))
+        .expect(202);
+}
+
 #[test]
 fn publisher_publishes_and_reads_but_cannot_manage_hooks_or_keys() {
     let hookd = Hookd::start();

@@ -121,6 +121,7 @@ impl From<StoreError> for ApiError {
             StoreError::Conflict(m) => ApiError::conflict("conflict", m),
             StoreError::Rejected(m) => ApiError::new(400, "invalid_field", m),
             StoreError::Busy => ApiError::unavailable("the server is busy; try again"),
+            StoreError::KeyRevoked => ApiError::unauthorized(),
             other => {
                 log::error!("store: {other}");
                 ApiError::unavailable("the database is unavailable; try again")

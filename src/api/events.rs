@@ -97,6 +97,7 @@ pub fn publish(req: &Req, idempotency_key: Option<String>) -> Handled {
         events,
         array,
         request_key,
+        key_id: req.key.id.clone(),
     }) {
         Ok(WriteOutput::Published { body, stored }) => {
             req.ctx.metrics.published(stored);
@@ -104,6 +105,10 @@ pub fn publish(req: &Req, idempotency_key: Option<String>) -> Handled {
         }
         Ok(_) => Err(ApiError::internal()),
         Err(StoreError::Conflict(m)) => Err(ApiError::conflict("idempotency_conflict", m)),
+        Err(StoreError::KeyRevoked) => {
+            req.ctx.keys.forget(&req.key.id);
+            Err(ApiError::unauthorized())
+        }
         Err(e) => Err(e.into()),
     }
 }

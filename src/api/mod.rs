@@ -8,6 +8,7 @@ mod error;
 mod events;
 mod hooks;
 mod input;
+mod keycache;
 mod keys;
 mod pool;
 mod ratelimit;
@@ -21,6 +22,7 @@ use serde_json::Value;
 use tiny_http::{Header, Method, Request, Response, Server};
 
 pub use error::ApiError;
+pub use keycache::KeyCache;
 pub use pool::Handlers;
 pub use ratelimit::RateLimiter;
 
@@ -38,6 +40,8 @@ pub struct Ctx {
     pub verifier: Verifier,
     pub rate_limiter: Arc<RateLimiter>,
     pub metrics: Arc<Metrics>,
+    /// Keys this context looked up for publishes (`keycache.rs`).
+    pub keys: KeyCache,
 }
 
 /// The API's share of the configuration.
@@ -351,7 +355,8 @@ fn handle(ctx: &Ctx, request: &mut Request, template: &mut &'static str) -> Hand
         }
         _ => {}
     }
-    let key = authenticate(ctx, request)?;
+    let publishing = method == Method::Post && matches!(route, Route::Events);
+    let key = authenticate(ctx, request, publishing)?;
     ctx.rate_limiter
         .check(&key.id, std::time::Instant::now())
         .map_err(ApiError::rate_limited)?;
@@ -423,7 +428,9 @@ impl Req<'_> {
     }
 }
 
-fn authenticate(ctx: &Ctx, request: &Request) -> Result<ApiKey, ApiError> {
+/// The live key for the request's token. A publish may take it from the context's
+/// cache: the writer checks it again as it commits (`keycache.rs`).
+fn authenticate(ctx: &Ctx, request: &Request, publishing: bool) -> Result<ApiKey, ApiError> {
     let token = request
         .headers()
         .iter()
@@ -436,5 +443,18 @@ fn authenticate(ctx: &Ctx, request: &Request) -> Result<ApiKey, ApiError> {
         })
         .filter(|t| !t.is_empty())
         .ok_or_else(ApiError::unauthorized)?;
-    store::authenticate(&ctx.reader, &token)?.ok_or_else(ApiError::unauthorized)
+    let hash = store::token_hash(&token);
+    if publishing {
+        if let Some(key) = ctx.keys.get(&hash) {
+            return Ok(key);
+        }
+    }
+    let key = ctx
+        .reader
+        .key_by_hash(&hash)?
+        .ok_or_else(ApiError::unauthorized)?;
+    if publishing {
+        ctx.keys.put(hash, &key);
+    }
+    Ok(key)
 }

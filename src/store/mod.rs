@@ -20,7 +20,7 @@ use crossbeam_channel::Sender;
 use reply::ReplyReceiver;
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
-use crate::model::{ApiKey, PayloadKind, Role};
+use crate::model::{PayloadKind, Role};
 use crate::retry::Verdict;
 use crate::secrets::SecretBox;
 
@@ -132,6 +132,8 @@ pub enum StoreError {
     Rejected(String),
     /// The writer is saturated or stopped: try again later.
     Busy,
+    /// The API key a write was made with was revoked before it could commit.
+    KeyRevoked,
     /// SQLite failed; the context says doing what.
     Db(String, rusqlite::Error),
     /// The database file cannot be used (foreign, newer, locked).
@@ -145,6 +147,7 @@ impl std::fmt::Display for StoreError {
             StoreError::Conflict(m) => write!(f, "conflict: {m}"),
             StoreError::Rejected(m) => write!(f, "rejected: {m}"),
             StoreError::Busy => write!(f, "the database writer is busy"),
+            StoreError::KeyRevoked => write!(f, "the API key was revoked"),
             StoreError::Db(ctx, e) => write!(f, "database error while {ctx}: {e}"),
             StoreError::Open(m) => write!(f, "{m}"),
         }
@@ -651,11 +654,6 @@ impl Drop for OutcomeComing<'_> {
     fn drop(&mut self) {
         self.store.outcomes_coming.fetch_sub(1, Ordering::Relaxed);
     }
-}
-
-/// The API key for a token, if it is live.
-pub fn authenticate(reader: &Reader, token: &str) -> Result<Option<ApiKey>, StoreError> {
-    reader.key_by_hash(&token_hash(token))
 }
 
 /// The one number `sql` selects (a count, say), in a test.

@@ -86,10 +86,13 @@ pub enum WriteOp {
     },
     /// One or many events in one transaction. `array` shapes the response body;
     /// `request_key` is the `Idempotency-Key` header with the hash of the request body.
+    /// `key_id` is the API key that authorized it, which the API may have taken from its
+    /// cache: nothing is written unless that key is still live.
     Publish {
         events: Vec<NewEvent>,
         array: bool,
         request_key: Option<(String, Vec<u8>)>,
+        key_id: String,
     },
     /// Gives the hook's never-sent open rows with sequence numbers in `seqs` (both
     /// ends included) the batch id `batch_id` before they go out together; answers how
@@ -660,11 +663,15 @@ mod tests {
         }
     }
 
+    /// The live key `fresh_store` adds, which the tests' publishes are made with.
+    const KEY: &str = "key_test";
+
     fn publish(events: Vec<NewEvent>) -> WriteOp {
         WriteOp::Publish {
             events,
             array: true,
             request_key: None,
+            key_id: KEY.into(),
         }
     }
 
@@ -725,6 +732,14 @@ mod tests {
         let dir = super::super::test_dir(&format!("writer-{name}"));
         let opened = super::super::open(&dir.join("w.db"), &dir.join("w.key")).unwrap();
         let state = WriterState::new(&opened.writer_conn).unwrap();
+        opened
+            .writer_conn
+            .execute(
+                "INSERT INTO api_keys (id, token_hash, role, created_at)
+                 VALUES (?1, x'00', 'publisher', 0)",
+                [KEY],
+            )
+            .unwrap();
         (dir, opened.writer_conn, opened.secrets, state)
     }
 
@@ -808,6 +823,39 @@ mod tests {
     /// key taken by another request): the group starts again
     /// with savepoints, that op alone is rolled back, the others commit, and the
     /// hook's sequence has no gap where the failed op's event would have been.
+    /// The API may publish with a key from its cache; the writer is what makes a
+    /// revocation take effect at once.
+    #[test]
+    fn a_publish_made_with_a_revoked_key_writes_nothing_and_the_rest_commits() {
+        let (_dir, mut conn, secrets, mut state) = fresh_store("revoked");
+        let hook = create_hook(&mut conn, &mut state, &secrets, "k.*");
+        let results = group(
+            &mut conn,
+            &mut state,
+            &secrets,
+            vec![
+                publish(vec![event("k.before", None)]),
+                WriteOp::RevokeKey { id: KEY.into() },
+                publish(vec![event("k.after", None)]),
+            ],
+        );
+        assert!(
+            matches!(&results[0], Ok(WriteOutput::Published { .. })),
+            "{:?}",
+            results[0]
+        );
+        assert!(
+            matches!(&results[2], Err(StoreError::KeyRevoked)),
+            "{:?}",
+            results[2]
+        );
+        assert_eq!(count(&conn, "SELECT count(*) FROM events"), 1);
+        assert_eq!(
+            hook_rows(&conn, &hook.id),
+            vec![(1, "k.before".to_string())]
+        );
+    }
+
     #[test]
     fn an_op_failing_after_writes_is_rolled_back_alone_and_leaves_no_gap() {
         let (dir, mut conn, secrets, mut state) = fresh_store("redo");
