@@ -507,9 +507,8 @@ fn commit_group(
     };
     match outcome {
         Ok(applied) => {
-            for (reply, result) in replies.into_iter().zip(applied.results) {
-                reply.send(result);
-            }
+            // The callers wake one another: the writer wakes only the first (reply.rs).
+            super::reply::send_all(replies.into_iter().zip(applied.results));
             if !applied.new_work.is_empty() {
                 let _ = wakeups.send(Wakeup::NewWork(applied.new_work));
             }
