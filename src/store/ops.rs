@@ -538,6 +538,71 @@ fn publish(
     on_conflict: OnConflict,
     fx: &mut Effects,
 ) -> Result<(String, u64), StoreError> {
+    let mut rows = PublishRows::default();
+    let out = publish_rows(conn, index, events, array, request_key, &mut rows, fx)?;
+    insert_rows(conn, &rows, on_conflict)?;
+    Ok(out)
+}
+
+/// A publish of the writer's optimistic pass: all of it but the INSERTs, whose rows are
+/// added to `pending` to be inserted with those of the publishes around it
+/// ([`insert_pending`]). Single publishes come in groups of 5–10: two multi-row
+/// INSERTs for the group cost the writer less than two single-row ones per publish
+/// (BENCHMARKS.md item 31). A publish that fails adds no rows.
+pub(super) fn publish_deferred<'a>(
+    conn: &Connection,
+    index: &FanoutIndex,
+    op: &'a WriteOp,
+    pending: &mut PublishRows<'a>,
+    fx: &mut Effects,
+) -> Result<WriteOutput, StoreError> {
+    let WriteOp::Publish {
+        events,
+        array,
+        request_key,
+        key_id,
+    } = op
+    else {
+        unreachable!("publish_deferred takes publishes only");
+    };
+    check_key_live(conn, key_id)?;
+    let mut rows = PublishRows::default();
+    let (body, stored) = publish_rows(
+        conn,
+        index,
+        events,
+        *array,
+        request_key.as_ref(),
+        &mut rows,
+        fx,
+    )?;
+    pending.events.append(&mut rows.events);
+    pending.deliveries.append(&mut rows.deliveries);
+    Ok(WriteOutput::Published { body, stored })
+}
+
+/// Inserts the rows [`publish_deferred`] left, as the optimistic pass does: a conflict
+/// rolls the whole transaction back.
+pub(super) fn insert_pending(
+    conn: &Connection,
+    pending: &mut PublishRows,
+) -> Result<(), StoreError> {
+    let result = insert_rows(conn, pending, OnConflict::Rollback);
+    *pending = PublishRows::default();
+    result
+}
+
+/// A publish's checks, numbering and idempotency records; its rows go to `rows`, for
+/// the caller to insert.
+fn publish_rows<'a>(
+    conn: &Connection,
+    index: &FanoutIndex,
+    events: &'a [NewEvent],
+    array: bool,
+    request_key: Option<&(String, Vec<u8>)>,
+    rows: &mut PublishRows<'a>,
+    fx: &mut Effects,
+) -> Result<(String, u64), StoreError> {
     let request_key = request_key.map(|(k, h)| (format!("request:{k}"), h));
     if let Some((key, hash)) = &request_key {
         if let Some(stored) = idempotent_replay(conn, key, hash)? {
@@ -552,11 +617,8 @@ fn publish(
     if array {
         body.push('[');
     }
-    let mut rows = PublishRows {
-        now: now_ms(),
-        events: Vec::with_capacity(events.len()),
-        deliveries: Vec::new(),
-    };
+    let now = now_ms();
+    rows.events.reserve(events.len());
     // Consecutive events of one tenant and type (the usual array) match the same hooks:
     // matching once per run of them saves the writer a lookup and a list per event.
     let mut run: Option<(&str, &str)> = None;
@@ -580,7 +642,7 @@ fn publish(
             hooks = index.matching(kind.0, kind.1);
             run = Some(kind);
         }
-        let (id, n) = fan_out(index, &hooks, event, &mut rows, fx);
+        let (id, n) = fan_out(index, &hooks, event, now, rows, fx);
         inserted += 1;
         let start = body.len();
         push_result(&mut body, &id, n);
@@ -591,7 +653,6 @@ fn publish(
     if array {
         body.push(']');
     }
-    insert_rows(conn, &rows, on_conflict)?;
     if let Some((key, hash)) = &request_key {
         remember(conn, key, hash, &body)?;
     }
@@ -609,13 +670,21 @@ fn push_result(body: &mut String, id: &str, deliveries: u64) {
 /// The rows one publish adds, inserted together at its end: a multi-row INSERT sets up
 /// a statement and its cursors (a table and its indexes) once per chunk instead of
 /// once per row.
-struct PublishRows<'a> {
-    now: Millis,
-    events: Vec<(String, &'a NewEvent)>,
+#[derive(Default)]
+pub(super) struct PublishRows<'a> {
+    /// Each event with its id and the time its publish was applied.
+    events: Vec<(String, &'a NewEvent, Millis)>,
     deliveries: Vec<DeliveryRow>,
 }
 
+impl PublishRows<'_> {
+    pub(super) fn is_empty(&self) -> bool {
+        self.events.is_empty()
+    }
+}
+
 struct DeliveryRow {
+    created_at: Millis,
     id: String,
     hook_id: String,
     seq: i64,
@@ -631,11 +700,12 @@ fn fan_out<'a>(
     index: &FanoutIndex,
     hooks: &[String],
     event: &'a NewEvent,
+    now: Millis,
     rows: &mut PublishRows<'a>,
     fx: &mut Effects,
 ) -> (String, u64) {
     let id = new_id("evt");
-    rows.events.push((id.clone(), event));
+    rows.events.push((id.clone(), event, now));
     let mut matched = 0;
     for hook_id in hooks {
         // The index knows which hooks may receive (not pending, not deleted) and their
@@ -661,6 +731,7 @@ fn fan_out<'a>(
         };
         let dlv = new_id("dlv");
         rows.deliveries.push(DeliveryRow {
+            created_at: now,
             batch_id: (slot.batch_max == 1).then(|| dlv.clone()),
             id: dlv,
             hook_id: hook_id.clone(),
@@ -704,7 +775,6 @@ fn insert_rows(
     rows: &PublishRows,
     on_conflict: OnConflict,
 ) -> Result<(), StoreError> {
-    let now = &rows.now;
     // With `Rollback` neither INSERT needs a statement journal (the deliveries' foreign
     // keys are checked at COMMIT: schema.sql).
     insert_chunked(
@@ -714,7 +784,7 @@ fn insert_rows(
         "events (id, tenant, type, resource_id, data, created_at) VALUES ",
         "(?, ?, ?, ?, ?, ?)",
         &rows.events,
-        |(id, e), values| {
+        |(id, e, now), values| {
             values.extend([
                 id as &dyn ToSql,
                 &e.tenant,
@@ -740,9 +810,9 @@ fn insert_rows(
                 &d.seq,
                 &d.event_id,
                 &d.batch_id,
-                now,
-                now,
-                now,
+                &d.created_at,
+                &d.created_at,
+                &d.created_at,
             ])
         },
     )
