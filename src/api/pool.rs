@@ -61,8 +61,11 @@ impl Handlers {
     pub fn serve(&self, request: Request) {
         match self.take() {
             Ok(ctx) => {
-                serve_one(&ctx, request);
-                self.give_back(ctx);
+                let lent = Lent {
+                    pool: self,
+                    ctx: Some(ctx),
+                };
+                serve_one(lent.ctx(), request);
             }
             Err(refusal) => respond(&self.metrics, request, "unknown", Err(refusal)),
         }
@@ -145,5 +148,29 @@ impl Handlers {
 
     fn lock(&self) -> MutexGuard<'_, Free> {
         self.free.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A context out of the pool, given back when dropped: also when a panic unwinds past
+/// `serve_one`'s own catch (in writing the answer, say), so the pool never shrinks and
+/// `close` never waits for a context that cannot come back.
+struct Lent<'a> {
+    pool: &'a Handlers,
+    ctx: Option<Ctx>,
+}
+
+impl Lent<'_> {
+    fn ctx(&self) -> &Ctx {
+        self.ctx
+            .as_ref()
+            .expect("a lent context is there until dropped")
+    }
+}
+
+impl Drop for Lent<'_> {
+    fn drop(&mut self) {
+        if let Some(ctx) = self.ctx.take() {
+            self.pool.give_back(ctx);
+        }
     }
 }

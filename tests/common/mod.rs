@@ -293,13 +293,19 @@ pub fn run_to_exit_within<S: std::fmt::Debug>(
 // ---------------------------------------------------------------------------
 
 /// The suite's HTTP client: every status is an answer, no proxy, no redirects, and a
-/// whole request gives up after `timeout`.
+/// whole request gives up after `timeout`. It reuses a connection only while it has
+/// been idle for less than half the shortest `--read-timeout` the suite runs hookd
+/// with (1 s, `tests/hostile.rs`): hookd closes a connection idle that long, and one
+/// reused just as it closes fails with a transport error that is the client's race,
+/// not hookd's fault (seen once in `hostile.rs`, whose raw-socket steps wait about
+/// that long between the agent's requests).
 pub fn agent(timeout: Duration) -> ureq::Agent {
     ureq::Agent::config_builder()
         .http_status_as_error(false)
         .proxy(None)
         .max_redirects(0)
         .timeout_global(Some(timeout))
+        .max_idle_age(Duration::from_millis(500))
         .build()
         .into()
 }
