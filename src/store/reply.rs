@@ -212,7 +212,8 @@ mod tests {
     }
 
     /// Every caller of a group gets its answer, though the sender wakes only the first:
-    /// callers asleep, callers not asleep yet, and callers gone away in between.
+    /// callers asleep (or about to be), callers holding their receiver for later, and
+    /// callers gone away in between.
     #[test]
     fn a_group_answered_at_once_wakes_every_caller_through_the_chain() {
         let (done_tx, done) = std::sync::mpsc::channel();

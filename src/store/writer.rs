@@ -838,11 +838,6 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
-    /// The optimistic pass meets an op that fails after writing rows (an array publish
-    /// whose first event stores its idempotency key and whose second event reuses a
-    /// key taken by another request): the group starts again
-    /// with savepoints, that op alone is rolled back, the others commit, and the
-    /// hook's sequence has no gap where the failed op's event would have been.
     /// The API may publish with a key from its cache; the writer is what makes a
     /// revocation take effect at once.
     #[test]
@@ -932,6 +927,11 @@ mod tests {
         assert_eq!(claimed, 3);
     }
 
+    /// The optimistic pass meets an op that fails after writing rows (an array publish
+    /// whose first event stores its idempotency key and whose second event reuses a
+    /// key taken by another request): the group starts again
+    /// with savepoints, that op alone is rolled back, the others commit, and the
+    /// hook's sequence has no gap where the failed op's event would have been.
     #[test]
     fn an_op_failing_after_writes_is_rolled_back_alone_and_leaves_no_gap() {
         let (dir, mut conn, secrets, mut state) = fresh_store("redo");
