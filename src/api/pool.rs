@@ -101,9 +101,19 @@ impl Handlers {
         }
         free.ctxs.push(ctx);
         let wake = free.waiting > 0;
+        let closed = free.closed;
         drop(free);
         if wake {
-            self.returned.notify_all();
+            if closed {
+                // Only `close` waits now, for every context.
+                self.returned.notify_all();
+            } else {
+                // One context wakes one waiter: with many more clients than contexts,
+                // waking them all had each return start a stampede that one could win.
+                // A woken waiter takes a free context even past its deadline, so the
+                // wake-up is never wasted while a context is free.
+                self.returned.notify_one();
+            }
         }
     }
 
