@@ -82,24 +82,12 @@ pub(super) fn apply(
         WriteOp::RotateSecret { id, scope } => {
             rotate_secret(conn, secrets, id, scope.as_deref()).map(WriteOutput::Hook)
         }
-        WriteOp::Publish {
-            events,
-            array,
-            request_key,
-            key_id,
-        } => check_key_live(conn, key_id)
-            .and_then(|()| {
-                publish(
-                    conn,
-                    index,
-                    events,
-                    *array,
-                    request_key.as_ref(),
-                    on_conflict,
-                    fx,
-                )
-            })
-            .map(|(body, stored)| WriteOutput::Published { body, stored }),
+        WriteOp::Publish { .. } => {
+            let mut rows = PublishRows::default();
+            let published = publish(conn, index, op, &mut rows, fx)?;
+            insert_rows(conn, &rows, on_conflict)?;
+            Ok(published)
+        }
         WriteOp::ClaimBatch {
             hook_id,
             batch_id,
@@ -529,27 +517,13 @@ fn check_key_live(conn: &Connection, key_id: &str) -> Result<(), StoreError> {
     }
 }
 
-fn publish(
-    conn: &Connection,
-    index: &FanoutIndex,
-    events: &[NewEvent],
-    array: bool,
-    request_key: Option<&(String, Vec<u8>)>,
-    on_conflict: OnConflict,
-    fx: &mut Effects,
-) -> Result<(String, u64), StoreError> {
-    let mut rows = PublishRows::default();
-    let out = publish_rows(conn, index, events, array, request_key, &mut rows, fx)?;
-    insert_rows(conn, &rows, on_conflict)?;
-    Ok(out)
-}
-
-/// A publish of the writer's optimistic pass: all of it but the INSERTs, whose rows are
-/// added to `pending` to be inserted with those of the publishes around it
-/// ([`insert_pending`]). Single publishes come in groups of 5–10: two multi-row
-/// INSERTs for the group cost the writer less than two single-row ones per publish
-/// (BENCHMARKS.md item 31). A publish that fails adds no rows.
-pub(super) fn publish_deferred<'a>(
+/// A publish, all of it but the INSERTs: its rows are added to `pending` for the caller
+/// to insert. [`apply`] inserts them at once; the writer's optimistic pass inserts those
+/// of consecutive publishes together ([`insert_pending`]): single publishes come in
+/// groups of 5–10, and two multi-row INSERTs for the group cost the writer less than
+/// two single-row ones per publish (BENCHMARKS.md item 31). A publish that fails adds
+/// no rows.
+pub(super) fn publish<'a>(
     conn: &Connection,
     index: &FanoutIndex,
     op: &'a WriteOp,
@@ -563,7 +537,7 @@ pub(super) fn publish_deferred<'a>(
         key_id,
     } = op
     else {
-        unreachable!("publish_deferred takes publishes only");
+        unreachable!("ops::publish takes publishes only");
     };
     check_key_live(conn, key_id)?;
     let mut rows = PublishRows::default();
@@ -581,7 +555,7 @@ pub(super) fn publish_deferred<'a>(
     Ok(WriteOutput::Published { body, stored })
 }
 
-/// Inserts the rows [`publish_deferred`] left, as the optimistic pass does: a conflict
+/// Inserts the rows [`publish`] left, as the optimistic pass does: a conflict
 /// rolls the whole transaction back.
 pub(super) fn insert_pending(
     conn: &Connection,

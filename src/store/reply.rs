@@ -112,13 +112,14 @@ pub fn send_all<T>(answers: impl IntoIterator<Item = (ReplySender<T>, T)>) {
 }
 
 /// Wakes the first of `slots` whose caller still sleeps, and leaves it the rest to wake
-/// in its turn. A caller that woke by itself and took its answer is skipped: it would
-/// not pass the chain on.
+/// in its turn. A caller that woke by itself has taken its answer (or is about to,
+/// under this lock) and is skipped: it would not pass the chain on. Only `recv` ever
+/// sleeps, so only `recv` is handed a chain.
 fn wake_chain<T>(slots: Vec<Arc<Slot<T>>>) {
     let mut slots = slots.into_iter();
     while let Some(slot) = slots.next() {
         let mut inner = slot.state.lock().unwrap_or_else(|p| p.into_inner());
-        if inner.asleep && matches!(inner.state, State::Sent(_) | State::Dropped) {
+        if inner.asleep {
             inner.next = slots.collect();
             drop(inner);
             slot.ready.notify_one();
@@ -172,26 +173,10 @@ impl<T> ReplyReceiver<T> {
         match std::mem::replace(&mut inner.state, State::Taken) {
             State::Waiting => inner.state = State::Forward(Box::new(forward)),
             answered => {
-                let next = std::mem::take(&mut inner.next);
                 drop(inner);
-                wake_chain(next);
                 forward(answered.answer());
             }
         }
-    }
-}
-
-/// A caller that goes away without taking its answer still wakes the ones after it,
-/// and a chain that comes later skips it.
-impl<T> Drop for ReplyReceiver<T> {
-    fn drop(&mut self) {
-        let mut inner = self.0.state.lock().unwrap_or_else(|p| p.into_inner());
-        if !matches!(inner.state, State::Forward(_)) {
-            inner.state = State::Taken;
-        }
-        let next = std::mem::take(&mut inner.next);
-        drop(inner);
-        wake_chain(next);
     }
 }
 

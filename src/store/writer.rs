@@ -611,18 +611,15 @@ fn apply_group(
     let mut pending = ops::PublishRows::default();
     for op in ops {
         let deferred = mode == Mode::Optimistic && matches!(op, WriteOp::Publish { .. });
-        if !deferred && !pending.is_empty() {
-            if let Err(e) = ops::insert_pending(&tx, &mut pending) {
-                log::debug!("writer: a group's publishes failed together; one by one now: {e}");
-                return Ok(Pass::RolledBack);
-            }
+        if !deferred && !flushed(&tx, &mut pending) {
+            return Ok(Pass::RolledBack);
         }
         if mode == Mode::Careful {
             run("SAVEPOINT op").ctx("opening a savepoint")?;
         }
         let before = tx.total_changes();
         let result = if deferred {
-            ops::publish_deferred(&tx, &state.index, op, &mut pending, &mut fx)
+            ops::publish(&tx, &state.index, op, &mut pending, &mut fx)
         } else {
             ops::apply(&tx, &state.index, secrets, op, mode.on_conflict(), &mut fx)
         };
@@ -645,11 +642,8 @@ fn apply_group(
         }
         applied.results.push(result);
     }
-    if !pending.is_empty() {
-        if let Err(e) = ops::insert_pending(&tx, &mut pending) {
-            log::debug!("writer: a group's publishes failed together; one by one now: {e}");
-            return Ok(Pass::RolledBack);
-        }
+    if !flushed(&tx, &mut pending) {
+        return Ok(Pass::RolledBack);
     }
     match tx.commit() {
         Ok(()) => Ok(Pass::Committed(applied)),
@@ -663,6 +657,21 @@ fn apply_group(
             } else {
                 Err(e)
             }
+        }
+    }
+}
+
+/// Inserts the publishes' rows left in `pending`, if any; false when that failed, and the
+/// optimistic pass must start over carefully.
+fn flushed(conn: &Connection, pending: &mut ops::PublishRows) -> bool {
+    if pending.is_empty() {
+        return true;
+    }
+    match ops::insert_pending(conn, pending) {
+        Ok(()) => true,
+        Err(e) => {
+            log::debug!("writer: a group's publishes failed together; one by one now: {e}");
+            false
         }
     }
 }
@@ -769,6 +778,17 @@ mod tests {
         secrets: &SecretBox,
         pattern: &str,
     ) -> crate::model::Hook {
+        create_hook_batching(conn, state, secrets, pattern, 1)
+    }
+
+    /// As [`create_hook`], for a hook that takes up to `batch_max` events a request.
+    fn create_hook_batching(
+        conn: &mut Connection,
+        state: &mut WriterState,
+        secrets: &SecretBox,
+        pattern: &str,
+        batch_max: u32,
+    ) -> crate::model::Hook {
         let created = group(
             conn,
             state,
@@ -780,7 +800,7 @@ mod tests {
                     target_url: "http://127.0.0.1:9/".into(),
                     events: vec![pattern.into()],
                     payload: PayloadKind::Full,
-                    batch_max: 1,
+                    batch_max,
                     status: HookStatus::Active,
                     verify_code_hash: None,
                 },
@@ -876,27 +896,7 @@ mod tests {
     #[test]
     fn an_op_after_publishes_in_the_same_group_sees_their_rows() {
         let (_dir, mut conn, secrets, mut state) = fresh_store("deferred");
-        let created = group(
-            &mut conn,
-            &mut state,
-            &secrets,
-            vec![WriteOp::CreateHook {
-                hook: NewHook {
-                    id: crate::ids::new_id("hk"),
-                    tenant: "default".into(),
-                    target_url: "http://127.0.0.1:9/".into(),
-                    events: vec!["d.*".into()],
-                    payload: PayloadKind::Full,
-                    batch_max: 10,
-                    status: HookStatus::Active,
-                    verify_code_hash: None,
-                },
-                max_per_tenant: 10,
-            }],
-        );
-        let Some(Ok(WriteOutput::Hook(hook))) = created.into_iter().next() else {
-            panic!("creating a hook");
-        };
+        let hook = create_hook_batching(&mut conn, &mut state, &secrets, "d.*", 10);
         let results = group(
             &mut conn,
             &mut state,

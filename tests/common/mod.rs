@@ -787,6 +787,25 @@ impl Hookd {
         id
     }
 
+    /// The ids of the stored events of `event_type` in tenant `default` (first page,
+    /// up to 500), as admin.
+    pub fn event_ids(&self, event_type: &str) -> Vec<String> {
+        let v = self
+            .get(
+                &self.admin,
+                &format!("/v1/events?type={event_type}&limit=500"),
+            )
+            .expect(200);
+        data_field(&v, "event_id")
+            .into_iter()
+            .map(|id| {
+                id.as_str()
+                    .unwrap_or_else(|| panic!("an event without event_id: {v}"))
+                    .to_string()
+            })
+            .collect()
+    }
+
     /// The hook's delivery log (first page, newest first), as admin.
     pub fn deliveries(&self, hook_id: &str, status: Option<&str>) -> Vec<Value> {
         let mut path = format!("/v1/hooks/{hook_id}/deliveries?limit=500");
