@@ -50,42 +50,55 @@ CREATE TABLE events (
     resource_id TEXT,
     data        TEXT NOT NULL,
     created_at  INTEGER NOT NULL
-);
+) WITHOUT ROWID;
 CREATE INDEX events_by_tenant ON events (tenant, id);
 CREATE INDEX events_by_tenant_type ON events (tenant, type, id);
 
--- The outbox: one row per (hook, event), numbered per hook. A request to the receiver
--- carries one or more consecutive rows; they share batch_id, the id of the first row,
--- which is the delivery id the API shows and the webhook-id the receiver sees. A row
--- gets its batch_id when first sent (at insert when the hook's batch_max is 1), and
--- keeps it on every retry, so a retry is byte-for-byte the same set of events.
+-- The outbox: one row per (hook, event), numbered per hook, never changed once
+-- inserted: what happened to a row is its batch's (below), so sending and recording
+-- write one batch row per request, not one row per event, and a publish adds no entry
+-- to any index of open work. A hook's rows after its newest batch's last_seq have not
+-- been sent: they are its pending tail, in seq order.
 -- Stored in (hook_id, seq) order (WITHOUT ROWID): a hook's consecutive rows share
--- pages, so sending and recording a hook's queue touches a few pages, not one page per
--- row, whatever order the events of different hooks were published in.
+-- pages, so reading a hook's queue touches a few pages, not one page per row, whatever
+-- order the events of different hooks were published in.
 -- The foreign keys are checked at COMMIT (deferred), not row by row: a multi-row
 -- INSERT that could fail halfway must first copy every page it changes into a
 -- statement journal, to undo itself alone; checked at COMMIT, a violation fails the
 -- transaction instead, and the writer then commits each request of its group alone.
 CREATE TABLE deliveries (
+    id         TEXT NOT NULL UNIQUE,
+    hook_id    TEXT NOT NULL REFERENCES hooks (id) DEFERRABLE INITIALLY DEFERRED,
+    seq        INTEGER NOT NULL,
+    event_id   TEXT NOT NULL REFERENCES events (id) DEFERRABLE INITIALLY DEFERRED,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (hook_id, seq)
+) WITHOUT ROWID;
+CREATE INDEX deliveries_by_event ON deliveries (event_id);
+
+-- Deliveries as the API shows them and receivers see them: one request's consecutive
+-- rows of one hook, first_seq to last_seq, sent with webhook-id = id on every retry,
+-- so a retry is byte-for-byte the same set of events. A batch of several rows is
+-- written (claimed) before it is first sent, under a new id; a row a hook sends alone
+-- (batch_max 1) is a batch of its own named after the row, written with its first
+-- outcome. A deleted hook's unsent rows become one cancelled batch.
+CREATE TABLE batches (
+    hook_id         TEXT NOT NULL,
+    first_seq       INTEGER NOT NULL,
+    last_seq        INTEGER NOT NULL,
     id              TEXT NOT NULL UNIQUE,
-    hook_id         TEXT NOT NULL REFERENCES hooks (id) DEFERRABLE INITIALLY DEFERRED,
-    seq             INTEGER NOT NULL,
-    event_id        TEXT NOT NULL REFERENCES events (id) DEFERRABLE INITIALLY DEFERRED,
-    batch_id        TEXT,
     status          TEXT NOT NULL
                     CHECK (status IN ('pending', 'failed', 'delivered', 'dead', 'cancelled')),
     attempts        INTEGER NOT NULL DEFAULT 0,  -- in the current round of the schedule
     next_attempt_at INTEGER,
-    created_at      INTEGER NOT NULL,
+    created_at      INTEGER NOT NULL,            -- its first row's
     updated_at      INTEGER NOT NULL,
-    PRIMARY KEY (hook_id, seq)
+    PRIMARY KEY (hook_id, first_seq)
 ) WITHOUT ROWID;
--- The dispatcher's view: each hook's undelivered rows in sequence order.
-CREATE INDEX deliveries_open ON deliveries (hook_id, seq) WHERE status IN ('pending', 'failed');
-CREATE INDEX deliveries_by_event ON deliveries (event_id);
-CREATE INDEX deliveries_by_batch ON deliveries (batch_id) WHERE batch_id IS NOT NULL;
+-- The dispatcher's view: each hook's batches to send (again), in sequence order.
+CREATE INDEX batches_open ON batches (hook_id, first_seq) WHERE status IN ('pending', 'failed');
 -- `hookd stats`: deliveries that went dead recently.
-CREATE INDEX deliveries_dead ON deliveries (updated_at) WHERE status = 'dead';
+CREATE INDEX batches_dead ON batches (updated_at) WHERE status = 'dead';
 
 -- Every attempt, keyed by the delivery (batch) id.
 CREATE TABLE attempts (

@@ -222,6 +222,7 @@ fn deliver(
         if sent >= JOB_MAX_REQUESTS || started.elapsed() >= JOB_BUDGET {
             break Some(now_ms());
         }
+        let mut single = None;
         let batch = match claim(
             shared,
             reader,
@@ -230,6 +231,12 @@ fn deliver(
             hook.batch_max,
         )? {
             Claimed::Head(n) => ahead.drain(..n).collect::<Vec<_>>(),
+            Claimed::Alone => {
+                let mut head = ahead.drain(..1).collect::<Vec<_>>();
+                single = Some(head[0].row.seq);
+                head[0].row.batch_id = Some(head[0].row.id.clone());
+                head
+            }
             Claimed::Reread(batch) => {
                 // Read from the database: what was read ahead may be stale, and what
                 // follows the batch is read again.
@@ -246,7 +253,8 @@ fn deliver(
         // Tells the writer an outcome is on its way, until it is queued through this.
         let coming = shared.store.outcome_coming();
         // `healthy` is false only before this job's first success (a failure ends it).
-        let (record, verdict) = attempt(shared, agent, &hook, batch_id, &batch, !healthy);
+        let (mut record, verdict) = attempt(shared, agent, &hook, batch_id, &batch, !healthy);
+        record.single = single;
         sent += 1;
         healthy = !verdict.is_failure();
         let delivered = verdict == retry::Verdict::Delivered;
@@ -332,6 +340,7 @@ fn attempt(
         attempt: result.attempt,
         verdict,
         after_failures,
+        single: None,
     };
     (record, verdict)
 }
@@ -340,6 +349,9 @@ fn attempt(
 enum Claimed {
     /// The first `n` rows read ahead, their batch id set.
     Head(usize),
+    /// The first row read ahead, never sent, alone: a batch named after it, written with
+    /// its first outcome (nothing to claim: the row alone is all it can ever hold).
+    Alone,
     /// The batch as the database holds it now (its rows changed under us, or it was
     /// formed by an earlier job); empty when none of it is open any more.
     Reread(Vec<Queued>),
@@ -348,8 +360,11 @@ enum Claimed {
 /// Picks the rows that go out together. `rows` are the hook's first open rows, at
 /// least `batch_max + 1` of them when there are. A head that was sent before keeps its
 /// batch (more than itself only if the next open row shares it: a batch is
-/// consecutive); otherwise up to `batch_max` never-sent rows at the head are claimed
-/// as one batch, named after the head, before they are first sent.
+/// consecutive). Otherwise, with `batch_max` 1, the head goes alone under its own id;
+/// with more, up to `batch_max` never-sent rows at the head are claimed as one batch,
+/// under a new id, before they are first sent. (A new id, not the head's: a row sent
+/// alone and never recorded, say before a crash, must not share its id with a batch
+/// that holds more.)
 fn claim(
     shared: &Shared,
     reader: &Reader,
@@ -367,12 +382,15 @@ fn claim(
         }
         return reread(reader, batch_id);
     }
+    if batch_max <= 1 {
+        return Ok(Claimed::Alone);
+    }
     let fresh = rows
         .iter()
         .take_while(|q| q.row.batch_id.is_none())
         .take(batch_max as usize)
         .count();
-    let batch_id = head.id.clone();
+    let batch_id = crate::ids::new_id("dlv");
     // The fresh rows are the hook's open rows between these two numbers: new rows get
     // higher numbers, and a row opened again by a retry was sent before (it has a
     // batch). If the count still differs, the batch is read back as it was claimed.

@@ -156,6 +156,22 @@ fn fill(conn: &mut Connection, hooks: &[String], rows: u64) -> Result<Vec<u64>, 
         if found == 0 {
             return Err(StoreError::Rejected(format!("no live hook {id} to fill")));
         }
+        // Filled rows are sent batches: after them, unsent rows would read as sent.
+        let unsent: bool = conn
+            .query_row(
+                &format!(
+                    "SELECT EXISTS (SELECT 1 FROM deliveries WHERE hook_id = ?1 AND seq > {})",
+                    super::ops::batched("?1")
+                ),
+                [id],
+                |r| r.get(0),
+            )
+            .ctx("reading a hook to fill")?;
+        if unsent {
+            return Err(StoreError::Rejected(format!(
+                "hook {id} has unsent deliveries: fill a hook with none"
+            )));
+        }
     }
     let h = hooks.len() as i64;
     let total = rows as i64;
@@ -204,16 +220,27 @@ fn fill(conn: &mut Connection, hooks: &[String], rows: u64) -> Result<Vec<u64>, 
         }
         // The delivery shares the event's 26 characters: time order, and unique.
         tx.execute(
-            "INSERT INTO deliveries (id, hook_id, seq, event_id, batch_id, status, attempts,
-                                     next_attempt_at, created_at, updated_at)
+            "INSERT INTO deliveries (id, hook_id, seq, event_id, created_at)
              SELECT 'dlv_' || substr(e.id, 5), h.id, h.seq0 + (e.rowid - ?1 - 1 + ?2) / ?3 + 1,
-                    e.id, 'dlv_' || substr(e.id, 5), 'delivered', 1, NULL,
-                    e.created_at, e.created_at + 1
+                    e.id, e.created_at
              FROM events e CROSS JOIN temp.fill_hooks h
              WHERE e.rowid > ?1 AND h.k = (e.rowid - ?1 - 1 + ?2) % ?3",
             params![r0, first, h],
         )
         .ctx("filling deliveries")?;
+        // Each row was sent alone: a batch of its own, named after it.
+        tx.execute(
+            "INSERT INTO batches (hook_id, first_seq, last_seq, id, status, attempts,
+                                  next_attempt_at, created_at, updated_at)
+             SELECT h.id, h.seq0 + (e.rowid - ?1 - 1 + ?2) / ?3 + 1,
+                    h.seq0 + (e.rowid - ?1 - 1 + ?2) / ?3 + 1,
+                    'dlv_' || substr(e.id, 5), 'delivered', 1, NULL,
+                    e.created_at, e.created_at + 1
+             FROM events e CROSS JOIN temp.fill_hooks h
+             WHERE e.rowid > ?1 AND h.k = (e.rowid - ?1 - 1 + ?2) % ?3",
+            params![r0, first, h],
+        )
+        .ctx("filling batches")?;
         tx.execute(
             "INSERT INTO attempts (delivery_id, at, status_code, error, duration_ms,
                                    response_snippet)
@@ -259,6 +286,7 @@ fn latest_ms(conn: &Connection) -> Result<i64, StoreError> {
         .ctx("reading the newest attempt")?;
     Ok(max_id("SELECT max(id) FROM events")?
         .max(max_id("SELECT max(id) FROM deliveries")?)
+        .max(max_id("SELECT max(id) FROM batches")?)
         .max(attempt.unwrap_or(0)))
 }
 

@@ -115,6 +115,57 @@ const MIGRATIONS: &[&str] = &[
     PRIMARY KEY (hook_id, seq)
 ) WITHOUT ROWID"
     ),
+    // 5: what happened to the rows moves to `batches`, one row per request (see
+    // schema.sql): each formed batch becomes one, named as before; a row never put in a
+    // batch stays in the pending tail if it is open and after every batch of its hook,
+    // and becomes a batch of its own otherwise. The outbox is then rebuilt without the
+    // columns and indexes that moved.
+    "CREATE TABLE batches (
+    hook_id         TEXT NOT NULL,
+    first_seq       INTEGER NOT NULL,
+    last_seq        INTEGER NOT NULL,
+    id              TEXT NOT NULL UNIQUE,
+    status          TEXT NOT NULL
+                    CHECK (status IN ('pending', 'failed', 'delivered', 'dead', 'cancelled')),
+    attempts        INTEGER NOT NULL DEFAULT 0,  -- in the current round of the schedule
+    next_attempt_at INTEGER,
+    created_at      INTEGER NOT NULL,            -- its first row's
+    updated_at      INTEGER NOT NULL,
+    PRIMARY KEY (hook_id, first_seq)
+) WITHOUT ROWID;
+     INSERT INTO batches (hook_id, first_seq, last_seq, id, status, attempts, next_attempt_at,
+                          created_at, updated_at)
+         SELECT d.hook_id, g.first, g.last, g.batch_id, d.status, d.attempts,
+                d.next_attempt_at, d.created_at, d.updated_at
+         FROM (SELECT batch_id, hook_id, min(seq) AS first, max(seq) AS last
+               FROM deliveries WHERE batch_id IS NOT NULL GROUP BY batch_id) g
+         JOIN deliveries d ON d.hook_id = g.hook_id AND d.seq = g.first;
+     INSERT OR IGNORE INTO batches (hook_id, first_seq, last_seq, id, status, attempts,
+                                    next_attempt_at, created_at, updated_at)
+         SELECT hook_id, seq, seq, id, status, attempts, next_attempt_at, created_at, updated_at
+         FROM deliveries d
+         WHERE batch_id IS NULL
+           AND (status NOT IN ('pending', 'failed')
+                OR seq < (SELECT max(last_seq) FROM batches b WHERE b.hook_id = d.hook_id));
+     CREATE INDEX batches_open ON batches (hook_id, first_seq) WHERE status IN ('pending', 'failed');
+     CREATE INDEX batches_dead ON batches (updated_at) WHERE status = 'dead';
+     ALTER TABLE deliveries RENAME TO deliveries_v4;
+     DROP INDEX deliveries_open;
+     DROP INDEX deliveries_by_event;
+     DROP INDEX deliveries_by_batch;
+     DROP INDEX deliveries_dead;
+     CREATE TABLE deliveries (
+    id         TEXT NOT NULL UNIQUE,
+    hook_id    TEXT NOT NULL REFERENCES hooks (id) DEFERRABLE INITIALLY DEFERRED,
+    seq        INTEGER NOT NULL,
+    event_id   TEXT NOT NULL REFERENCES events (id) DEFERRABLE INITIALLY DEFERRED,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (hook_id, seq)
+) WITHOUT ROWID;
+     INSERT INTO deliveries (id, hook_id, seq, event_id, created_at)
+         SELECT id, hook_id, seq, event_id, created_at FROM deliveries_v4 ORDER BY hook_id, seq;
+     DROP TABLE deliveries_v4;
+     CREATE INDEX deliveries_by_event ON deliveries (event_id);",
 ];
 
 /// Bytes the WAL file is truncated back to after a checkpoint.
@@ -545,6 +596,9 @@ pub struct AttemptRecord {
     /// The hook had failed attempts before this one: a success sets its count back to 0.
     /// (Only one dispatcher sends for a hook, so it knows; the write is skipped otherwise.)
     pub after_failures: bool,
+    /// `Some(seq)`: the batch is row `seq` alone, sent before any batch was written for
+    /// it (batch_max 1, named after the row): this outcome writes it.
+    pub single: Option<i64>,
 }
 
 /// Handle to the writer, cloned into every thread that writes.

@@ -335,14 +335,27 @@ fn delete_hook(
         params![hook.id, now],
     )
     .ctx("deleting a hook")?;
-    // Unsubscribed: what it has not received yet will never be sent.
+    // Unsubscribed: what it has not received yet will never be sent. Its open batches
+    // are cancelled, and its unsent rows become one cancelled batch.
     conn.execute(
-        "UPDATE deliveries INDEXED BY deliveries_open
+        "UPDATE batches INDEXED BY batches_open
          SET status = 'cancelled', next_attempt_at = NULL, updated_at = ?2
          WHERE hook_id = ?1 AND status IN ('pending', 'failed')",
         params![hook.id, now],
     )
     .ctx("cancelling a deleted hook's deliveries")?;
+    conn.execute(
+        &format!(
+            "INSERT INTO batches (hook_id, first_seq, last_seq, id, status, attempts,
+                                  next_attempt_at, created_at, updated_at)
+             SELECT ?1, min(seq), max(seq), ?3, 'cancelled', 0, NULL, min(created_at), ?2
+             FROM deliveries WHERE hook_id = ?1 AND seq > {}
+             HAVING count(*) > 0",
+            batched("?1")
+        ),
+        params![hook.id, now, new_id("dlv")],
+    )
+    .ctx("cancelling a deleted hook's unsent deliveries")?;
     fx.index.push(IndexChange::Remove {
         tenant: hook.tenant,
         hook_id: hook.id,
@@ -370,9 +383,10 @@ fn activate_hook(
         params![hook.id, now],
     )
     .ctx("activating a hook")?;
-    // Held deliveries go out now, in order, starting from the oldest.
+    // Held deliveries go out now, in order, starting from the oldest (unsent rows are
+    // due at once anyway).
     conn.execute(
-        "UPDATE deliveries INDEXED BY deliveries_open SET next_attempt_at = ?2
+        "UPDATE batches INDEXED BY batches_open SET next_attempt_at = ?2
          WHERE hook_id = ?1 AND status IN ('pending', 'failed')",
         params![hook.id, now],
     )
@@ -663,9 +677,6 @@ struct DeliveryRow {
     hook_id: String,
     seq: i64,
     event_id: String,
-    /// A hook that sends one event per request has its batch fixed at once: the row's
-    /// own id.
-    batch_id: Option<String>,
 }
 
 /// Numbers and queues one event for `hooks` (the hooks its tenant and type match);
@@ -703,11 +714,9 @@ fn fan_out<'a>(
                 slot.last_seq + 1
             }
         };
-        let dlv = new_id("dlv");
         rows.deliveries.push(DeliveryRow {
             created_at: now,
-            batch_id: (slot.batch_max == 1).then(|| dlv.clone()),
-            id: dlv,
+            id: new_id("dlv"),
             hook_id: hook_id.clone(),
             seq,
             event_id: id.clone(),
@@ -773,9 +782,8 @@ fn insert_rows(
         conn,
         "inserting deliveries",
         on_conflict,
-        "deliveries (id, hook_id, seq, event_id, batch_id, status, attempts,
-                     next_attempt_at, created_at, updated_at) VALUES ",
-        "(?, ?, ?, ?, ?, 'pending', 0, ?, ?, ?)",
+        "deliveries (id, hook_id, seq, event_id, created_at) VALUES ",
+        "(?, ?, ?, ?, ?)",
         &rows.deliveries,
         |d, values| {
             values.extend([
@@ -783,9 +791,6 @@ fn insert_rows(
                 &d.hook_id,
                 &d.seq,
                 &d.event_id,
-                &d.batch_id,
-                &d.created_at,
-                &d.created_at,
                 &d.created_at,
             ])
         },
@@ -820,21 +825,40 @@ fn insert_chunked<'r, T>(
     Ok(())
 }
 
-/// One statement for the whole batch (through `UNIQUE (hook_id, seq)`), not one per row.
+/// SQL for the last sequence number of the hook `hook` (an expression) that is in a
+/// batch, 0 when none is: its rows after it are its unsent tail. The batch with the
+/// highest first_seq has the highest last_seq (a hook's batches do not overlap), so
+/// this is one probe of the batches' key.
+pub(super) fn batched(hook: &str) -> String {
+    format!(
+        "coalesce((SELECT last_seq FROM batches WHERE hook_id = {hook}
+                   ORDER BY first_seq DESC LIMIT 1), 0)"
+    )
+}
+
+/// Forms a batch of the hook's unsent rows `first..=last` before it is first sent: one
+/// row for the whole batch, whatever its size. Nothing is written (0) unless `first`
+/// starts the unsent tail and `last` exists: the rows changed under the dispatcher
+/// (the hook was deleted).
 fn claim_batch(
     conn: &Connection,
     hook_id: &str,
     batch_id: &str,
     (first, last): (i64, i64),
 ) -> Result<u64, StoreError> {
-    conn.prepare_cached(
-        "UPDATE deliveries SET batch_id = ?2
-         WHERE hook_id = ?1 AND seq BETWEEN ?3 AND ?4
-           AND batch_id IS NULL AND status IN ('pending', 'failed')",
-    )
-    .and_then(|mut s| s.execute(params![hook_id, batch_id, first, last]))
-    .ctx("claiming a batch")
-    .map(|n| n as u64)
+    let made = conn
+        .prepare_cached(&format!(
+            "INSERT INTO batches (hook_id, first_seq, last_seq, id, status, attempts,
+                                  next_attempt_at, created_at, updated_at)
+             SELECT ?1, ?3, ?4, ?2, 'pending', 0, NULL, d.created_at, ?5
+             FROM deliveries d
+             WHERE d.hook_id = ?1 AND d.seq = ?3 AND ?3 > {}
+               AND EXISTS (SELECT 1 FROM deliveries WHERE hook_id = ?1 AND seq = ?4)",
+            batched("?1")
+        ))
+        .and_then(|mut s| s.execute(params![hook_id, batch_id, first, last, now_ms()]))
+        .ctx("claiming a batch")?;
+    Ok(if made == 1 { (last - first + 1) as u64 } else { 0 })
 }
 
 fn record_attempt(
@@ -867,14 +891,40 @@ fn record_attempt(
         Verdict::Dead => ("dead", None),
         Verdict::Gone => ("cancelled", None),
     };
-    // Only rows still open change: a hook deleted mid-attempt keeps its cancellations.
-    conn.prepare_cached(
-        "UPDATE deliveries SET status = ?2, attempts = attempts + 1, next_attempt_at = ?3,
-                               updated_at = ?4
-         WHERE batch_id = ?1 AND status IN ('pending', 'failed')",
-    )
-    .and_then(|mut s| s.execute(params![record.batch_id, status, next_at, now]))
-    .ctx("updating a delivery")?;
+    // Only an open batch changes: a hook deleted mid-attempt keeps its cancellations.
+    let updated = conn
+        .prepare_cached(
+            "UPDATE batches SET status = ?2, attempts = attempts + 1, next_attempt_at = ?3,
+                                updated_at = ?4
+             WHERE id = ?1 AND status IN ('pending', 'failed')",
+        )
+        .and_then(|mut s| s.execute(params![record.batch_id, status, next_at, now]))
+        .ctx("updating a delivery")?;
+    if let (0, Some(seq)) = (updated, record.single) {
+        // A row sent alone is written as a batch with its first outcome, unless a batch
+        // took it meanwhile (its hook was deleted: the row is cancelled).
+        conn.prepare_cached(
+            "INSERT OR IGNORE INTO batches (hook_id, first_seq, last_seq, id, status, attempts,
+                                            next_attempt_at, created_at, updated_at)
+             SELECT ?1, ?2, ?2, ?3, ?4, 1, ?5, d.created_at, ?6
+             FROM deliveries d
+             WHERE d.hook_id = ?1 AND d.seq = ?2
+               AND ?2 > coalesce((SELECT last_seq FROM batches
+                                  WHERE hook_id = ?1 AND first_seq <= ?2
+                                  ORDER BY first_seq DESC LIMIT 1), 0)",
+        )
+        .and_then(|mut s| {
+            s.execute(params![
+                record.hook_id,
+                seq,
+                record.batch_id,
+                status,
+                next_at,
+                now
+            ])
+        })
+        .ctx("writing a delivery")?;
+    }
 
     if record.verdict == Verdict::Gone {
         log::info!("hook {} answered 410 Gone: unsubscribed", record.hook_id);
@@ -914,21 +964,24 @@ fn record_attempt(
     Ok(())
 }
 
-/// When the hook's oldest open delivery is due, if the hook may send at all.
+/// When the hook's oldest open delivery is due, if the hook may send at all: its first
+/// open batch's next attempt, or now if it has only unsent rows.
 fn next_due(conn: &Connection, hook_id: &str) -> Result<Option<Millis>, StoreError> {
-    conn.prepare_cached(
-        "SELECT d.next_attempt_at
-         FROM deliveries d INDEXED BY deliveries_open JOIN hooks h ON h.id = d.hook_id
-         WHERE d.hook_id = ?1 AND d.status IN ('pending', 'failed')
-           AND h.status = 'active' AND h.deleted_at IS NULL
-         ORDER BY d.seq LIMIT 1",
-    )
+    conn.prepare_cached(&format!(
+        "SELECT coalesce(
+                    (SELECT coalesce(b.next_attempt_at, 0) FROM batches b INDEXED BY batches_open
+                     WHERE b.hook_id = ?1 AND b.status IN ('pending', 'failed')
+                     ORDER BY b.first_seq LIMIT 1),
+                    (SELECT 0 FROM deliveries WHERE hook_id = ?1 AND seq > {} LIMIT 1))
+         FROM hooks h WHERE h.id = ?1 AND h.status = 'active' AND h.deleted_at IS NULL",
+        batched("?1")
+    ))
     .and_then(|mut s| {
         s.query_row([hook_id], |r| r.get::<_, Option<Millis>>(0))
             .optional()
     })
     .ctx("finding the next due delivery")
-    .map(|o| o.map(|at| at.unwrap_or(0)))
+    .map(Option::flatten)
 }
 
 /// The hook of a delivery (batch head), checked against the caller's tenant.
@@ -937,11 +990,18 @@ fn delivery_hook(
     id: &str,
     scope: Option<&str>,
 ) -> Result<(String, String), StoreError> {
+    // A batch, or an unsent row (a delivery of its own until it is sent).
     let row: Option<(String, String, String)> = conn
         .query_row(
-            "SELECT d.hook_id, h.tenant, d.status FROM deliveries d JOIN hooks h ON h.id = d.hook_id
-             WHERE d.id = ?1 AND (d.batch_id IS NULL OR d.batch_id = d.id)
-               AND h.deleted_at IS NULL",
+            &format!(
+                "SELECT b.hook_id, h.tenant, b.status FROM batches b JOIN hooks h ON h.id = b.hook_id
+                 WHERE b.id = ?1 AND h.deleted_at IS NULL
+                 UNION ALL
+                 SELECT d.hook_id, h.tenant, 'pending' FROM deliveries d JOIN hooks h ON h.id = d.hook_id
+                 WHERE d.id = ?1 AND h.deleted_at IS NULL AND d.seq > {}
+                 LIMIT 1",
+                batched("d.hook_id")
+            ),
             [id],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )
@@ -976,9 +1036,9 @@ fn retry_delivery(
     let now = now_ms();
     // A fresh round of the schedule, sent as soon as its turn in the hook's order comes.
     conn.execute(
-        "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = ?2,
-                               updated_at = ?2
-         WHERE (batch_id = ?1 OR (id = ?1 AND batch_id IS NULL))",
+        "UPDATE batches SET status = 'pending', attempts = 0, next_attempt_at = ?2,
+                            updated_at = ?2
+         WHERE id = ?1",
         params![id, now],
     )
     .ctx("queueing a delivery again")?;
@@ -996,24 +1056,15 @@ fn replay(
 ) -> Result<u64, StoreError> {
     load_hook(conn, secrets, hook_id, scope)?;
     let now = now_ms();
-    let batches: i64 = conn
-        .query_row(
-            "SELECT count(DISTINCT batch_id) FROM deliveries
-             WHERE hook_id = ?1 AND status = 'dead' AND created_at >= ?2",
-            params![hook_id, since],
-            |r| r.get(0),
-        )
-        .ctx("counting dead deliveries")?;
     // Whole batches come back, so a retried request carries the same events as before.
-    conn.execute(
-        "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = ?3,
-                               updated_at = ?3
-         WHERE hook_id = ?1 AND status = 'dead' AND batch_id IN (
-             SELECT batch_id FROM deliveries
-             WHERE hook_id = ?1 AND status = 'dead' AND created_at >= ?2)",
-        params![hook_id, since, now],
-    )
-    .ctx("replaying dead deliveries")?;
+    let batches = conn
+        .execute(
+            "UPDATE batches SET status = 'pending', attempts = 0, next_attempt_at = ?3,
+                                updated_at = ?3
+             WHERE hook_id = ?1 AND status = 'dead' AND created_at >= ?2",
+            params![hook_id, since, now],
+        )
+        .ctx("replaying dead deliveries")?;
     if batches > 0 {
         fx.reset.push(hook_id.to_string());
     }
@@ -1032,30 +1083,36 @@ fn prune(conn: &Connection, cutoff: Millis, limit: u32) -> Result<u64, StoreErro
             .and_then(|mut s| s.execute(params![bound, limit]))
             .ctx(what)
     };
-    // The rows of one batch share their status, so a batch goes as a whole (a LIMIT
-    // that splits one takes the rest on the next round). A hook's last sequence number
-    // lives in the writer's memory and is recovered at start from its newest row, so
-    // before that row goes the number is kept in `hooks.last_seq`.
+    // A finished batch goes with its rows. A hook's last sequence number lives in the
+    // writer's memory and is recovered at start from its newest row, so before that row
+    // goes the number is kept in `hooks.last_seq`.
     let mut newest: HashMap<String, i64> = HashMap::new();
     let mut deliveries = 0usize;
-    {
+    let gone: Vec<(String, i64, i64)> = {
         let mut stmt = conn
             .prepare_cached(
-                "DELETE FROM deliveries WHERE id IN (
-                     SELECT id FROM deliveries
+                "DELETE FROM batches WHERE id IN (
+                     SELECT id FROM batches
                      WHERE id < ?1 AND status IN ('delivered', 'dead', 'cancelled') LIMIT ?2)
-                 RETURNING hook_id, seq",
+                 RETURNING hook_id, first_seq, last_seq",
             )
             .ctx("pruning deliveries")?;
-        let mut rows = stmt
-            .query(params![dlv_bound, limit])
+        let rows = stmt
+            .query_map(params![dlv_bound, limit], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
             .ctx("pruning deliveries")?;
-        while let Some(r) = rows.next().ctx("pruning deliveries")? {
-            let (hook, seq): (String, i64) = (r.get(0).ctx("pruning")?, r.get(1).ctx("pruning")?);
-            let e = newest.entry(hook).or_insert(seq);
-            *e = (*e).max(seq);
-            deliveries += 1;
-        }
+        rows.collect::<Result<_, _>>().ctx("pruning deliveries")?
+    };
+    let mut rows = conn
+        .prepare_cached("DELETE FROM deliveries WHERE hook_id = ?1 AND seq BETWEEN ?2 AND ?3")
+        .ctx("pruning deliveries")?;
+    for (hook, first, last) in gone {
+        deliveries += rows
+            .execute(params![hook, first, last])
+            .ctx("pruning deliveries")?;
+        let e = newest.entry(hook).or_insert(last);
+        *e = (*e).max(last);
     }
     let mut floor = conn
         .prepare_cached("UPDATE hooks SET last_seq = ?2 WHERE id = ?1 AND last_seq < ?2")
@@ -1071,7 +1128,7 @@ fn prune(conn: &Connection, cutoff: Millis, limit: u32) -> Result<u64, StoreErro
         "DELETE FROM attempts WHERE id IN (
              SELECT a.id FROM attempts a
              WHERE a.delivery_id < ?1
-               AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.id = a.delivery_id)
+               AND NOT EXISTS (SELECT 1 FROM batches b WHERE b.id = a.delivery_id)
              LIMIT ?2)",
         &dlv_bound,
     )?;

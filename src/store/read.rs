@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
+use super::ops::batched;
 use super::{Context, StoreError};
 use crate::clock::Millis;
 use crate::model::{
@@ -283,7 +284,9 @@ impl Reader {
             .collect()
     }
 
-    /// A hook's delivery log, newest first, before sequence `before` (0: from the newest).
+    /// A hook's delivery log, newest first, before sequence `before` (0: from the newest):
+    /// its unsent rows (each a pending delivery of its own until it is sent), then its
+    /// batches, whose sequence numbers are all lower.
     pub fn deliveries(
         &self,
         hook_id: &str,
@@ -291,60 +294,90 @@ impl Reader {
         before: i64,
         limit: u32,
     ) -> Result<Vec<Delivery>, StoreError> {
+        let mut out = Vec::new();
+        if status.is_none_or(|s| s == DeliveryStatus::Pending) {
+            let mut stmt = self
+                .conn
+                .prepare_cached(&format!(
+                    "SELECT id, seq, created_at, event_id FROM deliveries
+                     WHERE hook_id = ?1 AND seq > {} AND (?2 = 0 OR seq < ?2)
+                     ORDER BY seq DESC LIMIT ?3",
+                    batched("?1")
+                ))
+                .ctx("listing deliveries")?;
+            let rows = stmt
+                .query_map(params![hook_id, before, limit], |r| {
+                    Ok(Delivery {
+                        id: r.get(0)?,
+                        hook_id: hook_id.to_string(),
+                        event_ids: vec![r.get(3)?],
+                        sequence: r.get(1)?,
+                        status: DeliveryStatus::Pending,
+                        attempts: Vec::new(),
+                        next_attempt_at: None,
+                        created_at: r.get(2)?,
+                    })
+                })
+                .ctx("listing deliveries")?;
+            for d in rows {
+                out.push(d.ctx("reading deliveries")?);
+            }
+        }
+        let left = limit.saturating_sub(out.len() as u32);
+        if left == 0 {
+            return Ok(out);
+        }
         let mut stmt = self
             .conn
             .prepare_cached(
-                "SELECT id, seq, status, next_attempt_at, created_at, batch_id, event_id
-                 FROM deliveries
-                 WHERE hook_id = ?1 AND (batch_id IS NULL OR batch_id = id)
-                   AND (?2 IS NULL OR status = ?2) AND (?3 = 0 OR seq < ?3)
-                 ORDER BY seq DESC LIMIT ?4",
+                "SELECT id, first_seq, last_seq, status, next_attempt_at, created_at
+                 FROM batches
+                 WHERE hook_id = ?1 AND (?2 IS NULL OR status = ?2) AND (?3 = 0 OR first_seq < ?3)
+                 ORDER BY first_seq DESC LIMIT ?4",
             )
             .ctx("listing deliveries")?;
-        let heads = stmt
+        let batches = stmt
             .query_map(
-                params![hook_id, status.map(|s| s.as_str()), before, limit],
+                params![hook_id, status.map(|s| s.as_str()), before, left],
                 |r| {
-                    let status: String = r.get(2)?;
-                    let batch: Option<String> = r.get(5)?;
+                    let status: String = r.get(3)?;
                     Ok((
                         Delivery {
                             id: r.get(0)?,
                             hook_id: hook_id.to_string(),
-                            event_ids: vec![r.get(6)?],
+                            event_ids: Vec::new(),
                             sequence: r.get(1)?,
                             status: DeliveryStatus::parse(&status)
                                 .unwrap_or(DeliveryStatus::Pending),
                             attempts: Vec::new(),
-                            next_attempt_at: r.get(3)?,
-                            created_at: r.get(4)?,
+                            next_attempt_at: r.get(4)?,
+                            created_at: r.get(5)?,
                         },
-                        batch.is_some(),
+                        r.get::<_, i64>(2)?,
                     ))
                 },
             )
             .ctx("listing deliveries")?
             .collect::<Result<Vec<_>, _>>()
             .ctx("reading deliveries")?;
-        heads
-            .into_iter()
-            .map(|(mut d, batched)| {
-                if batched {
-                    d.event_ids = self.batch_event_ids(&d.id)?;
-                }
-                d.attempts = self.attempts(&d.id)?;
-                Ok(d)
-            })
-            .collect()
+        for (mut d, last) in batches {
+            d.event_ids = self.batch_event_ids(hook_id, d.sequence, last)?;
+            d.attempts = self.attempts(&d.id)?;
+            out.push(d);
+        }
+        Ok(out)
     }
 
-    fn batch_event_ids(&self, batch_id: &str) -> Result<Vec<String>, StoreError> {
+    fn batch_event_ids(&self, hook_id: &str, first: i64, last: i64) -> Result<Vec<String>, StoreError> {
         let mut stmt = self
             .conn
-            .prepare_cached("SELECT event_id FROM deliveries WHERE batch_id = ?1 ORDER BY seq")
+            .prepare_cached(
+                "SELECT event_id FROM deliveries WHERE hook_id = ?1 AND seq BETWEEN ?2 AND ?3
+                 ORDER BY seq",
+            )
             .ctx("listing a batch")?;
         let rows = stmt
-            .query_map([batch_id], |r| r.get(0))
+            .query_map(params![hook_id, first, last], |r| r.get(0))
             .ctx("listing a batch")?;
         rows.collect::<Result<_, _>>().ctx("reading a batch")
     }
@@ -372,7 +405,8 @@ impl Reader {
     }
 
     /// The hook's oldest undelivered rows after sequence `after`, in sequence order,
-    /// each with its event: what a dispatcher sends, in one query. At least `min` rows
+    /// each with its event: what a dispatcher sends, in two queries (its open batches,
+    /// then its unsent tail) however many requests they make. At least `min` rows
     /// when there are that many; then more, up to `max`, while the events' data stays
     /// under `max_bytes` (rows are stepped lazily, so the rest is never read). The flag
     /// is true when the rows ran out first: these are all the hook's open rows after
@@ -385,26 +419,58 @@ impl Reader {
         max: usize,
         max_bytes: usize,
     ) -> Result<(Vec<Queued>, bool), StoreError> {
-        // CROSS JOIN keeps the hook's queue (the partial index) as the outer loop.
-        // INDEXED BY: the table's own key also starts with (hook_id, seq), and SQLite
-        // may pick it, walking the hook's whole delivered history to find the open rows.
-        // Every query for a hook's open rows names the partial index for that reason.
-        let mut stmt = self
-            .conn
-            .prepare_cached(
-                "SELECT d.id, d.seq, d.event_id, d.batch_id, d.attempts, d.next_attempt_at,
-                        e.id, e.tenant, e.type, e.resource_id, e.data, e.created_at
-                 FROM deliveries d INDEXED BY deliveries_open
-                 CROSS JOIN events e ON e.id = d.event_id
-                 WHERE d.hook_id = ?1 AND d.status IN ('pending', 'failed') AND d.seq > ?2
-                 ORDER BY d.seq LIMIT ?3",
-            )
-            .ctx("reading a hook's queue")?;
-        let mut rows = stmt
-            .query(params![hook_id, after, max as i64])
-            .ctx("reading a hook's queue")?;
+        // Its open batches first (sent before, to be sent again), then its unsent tail:
+        // every batch's rows come before the tail's. CROSS JOIN keeps the hook's rows
+        // as the outer loop; INDEXED BY: the batches' own key also starts with
+        // (hook_id, first_seq), and SQLite may pick it, walking the hook's whole history
+        // to find the open ones.
         let mut out = Vec::new();
         let mut bytes = 0;
+        let full = |out: &Vec<Queued>, bytes: usize| out.len() >= max || (out.len() >= min && bytes >= max_bytes);
+        {
+            let mut stmt = self
+                .conn
+                .prepare_cached(
+                    "SELECT d.id, d.seq, d.event_id, b.id, b.attempts, b.next_attempt_at,
+                            e.id, e.tenant, e.type, e.resource_id, e.data, e.created_at
+                     FROM batches b INDEXED BY batches_open
+                     CROSS JOIN deliveries d
+                         ON d.hook_id = b.hook_id AND d.seq BETWEEN b.first_seq AND b.last_seq
+                     CROSS JOIN events e ON e.id = d.event_id
+                     WHERE b.hook_id = ?1 AND b.status IN ('pending', 'failed')
+                       AND b.last_seq > ?2 AND d.seq > ?2
+                     ORDER BY b.first_seq, d.seq",
+                )
+                .ctx("reading a hook's queue")?;
+            let mut rows = stmt
+                .query(params![hook_id, after])
+                .ctx("reading a hook's queue")?;
+            while let Some(r) = rows.next().ctx("reading a hook's queue")? {
+                let q = Queued {
+                    row: outbox_from_row(r).ctx("reading a hook's queue")?,
+                    event: event_at(r, 6).ctx("reading an event")?,
+                };
+                bytes += q.event.data.len();
+                out.push(q);
+                if full(&out, bytes) {
+                    return Ok((out, false));
+                }
+            }
+        }
+        let mut stmt = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT d.id, d.seq, d.event_id, NULL, 0, NULL,
+                        e.id, e.tenant, e.type, e.resource_id, e.data, e.created_at
+                 FROM deliveries d CROSS JOIN events e ON e.id = d.event_id
+                 WHERE d.hook_id = ?1 AND d.seq > max(?2, {})
+                 ORDER BY d.seq LIMIT ?3",
+                batched("?1")
+            ))
+            .ctx("reading a hook's queue")?;
+        let mut rows = stmt
+            .query(params![hook_id, after, (max - out.len()) as i64])
+            .ctx("reading a hook's queue")?;
         while let Some(r) = rows.next().ctx("reading a hook's queue")? {
             let q = Queued {
                 row: outbox_from_row(r).ctx("reading a hook's queue")?,
@@ -412,21 +478,22 @@ impl Reader {
             };
             bytes += q.event.data.len();
             out.push(q);
-            if out.len() >= min && bytes >= max_bytes {
+            if full(&out, bytes) {
                 return Ok((out, false));
             }
         }
-        let end = out.len() < max;
-        Ok((out, end))
+        Ok((out, true))
     }
 
-    /// The still-open rows of one batch, in sequence order.
+    /// The rows of one open batch, in sequence order.
     pub fn batch_rows(&self, batch_id: &str) -> Result<Vec<OutboxRow>, StoreError> {
         let mut stmt = self
             .conn
             .prepare_cached(
-                "SELECT id, seq, event_id, batch_id, attempts, next_attempt_at FROM deliveries
-                 WHERE batch_id = ?1 AND status IN ('pending', 'failed') ORDER BY seq",
+                "SELECT d.id, d.seq, d.event_id, b.id, b.attempts, b.next_attempt_at
+                 FROM batches b CROSS JOIN deliveries d
+                     ON d.hook_id = b.hook_id AND d.seq BETWEEN b.first_seq AND b.last_seq
+                 WHERE b.id = ?1 AND b.status IN ('pending', 'failed') ORDER BY d.seq",
             )
             .ctx("reading a batch")?;
         let rows = stmt
@@ -435,28 +502,57 @@ impl Reader {
         rows.collect::<Result<_, _>>().ctx("reading a batch")
     }
 
-    /// The most recent deliveries of every hook (newest first), for the CLI.
+    /// The most recent deliveries of every hook (newest first), for the CLI: the newest
+    /// batches, and the newest unsent rows of each live hook, merged by id (ids are
+    /// time-ordered).
     pub fn recent_deliveries(
         &self,
         status: Option<DeliveryStatus>,
         limit: u32,
     ) -> Result<Vec<Delivery>, StoreError> {
-        let ids: Vec<(String, String)> = {
-            let mut stmt2 = self
+        let mut ids: Vec<(String, String)> = {
+            let mut stmt = self
                 .conn
                 .prepare_cached(
-                    "SELECT id, hook_id FROM deliveries
-                     WHERE (batch_id IS NULL OR batch_id = id) AND (?1 IS NULL OR status = ?1)
+                    "SELECT id, hook_id FROM batches WHERE (?1 IS NULL OR status = ?1)
                      ORDER BY id DESC LIMIT ?2",
                 )
                 .ctx("listing deliveries")?;
-            let rows = stmt2
+            let rows = stmt
                 .query_map(params![status.map(|s| s.as_str()), limit], |r| {
                     Ok((r.get(0)?, r.get(1)?))
                 })
                 .ctx("listing deliveries")?;
             rows.collect::<Result<_, _>>().ctx("reading deliveries")?
         };
+        if status.is_none_or(|s| s == DeliveryStatus::Pending) {
+            let hooks: Vec<String> = {
+                let mut stmt = self
+                    .conn
+                    .prepare_cached("SELECT id FROM hooks WHERE deleted_at IS NULL")
+                    .ctx("listing hooks")?;
+                let rows = stmt.query_map([], |r| r.get(0)).ctx("listing hooks")?;
+                rows.collect::<Result<_, _>>().ctx("reading hooks")?
+            };
+            let mut stmt = self
+                .conn
+                .prepare_cached(&format!(
+                    "SELECT id, hook_id FROM deliveries WHERE hook_id = ?1 AND seq > {}
+                     ORDER BY seq DESC LIMIT ?2",
+                    batched("?1")
+                ))
+                .ctx("listing deliveries")?;
+            for hook in hooks {
+                let rows = stmt
+                    .query_map(params![hook, limit], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .ctx("listing deliveries")?;
+                for row in rows {
+                    ids.push(row.ctx("reading deliveries")?);
+                }
+            }
+            ids.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+            ids.truncate(limit as usize);
+        }
         let mut out = Vec::new();
         for (id, hook_id) in ids {
             if let Some(d) = self.delivery(&hook_id, &id)? {
@@ -466,12 +562,18 @@ impl Reader {
         Ok(out)
     }
 
-    /// One delivery (batch head) of a hook, as the log shows it.
+    /// One delivery of a hook, as the log shows it: a batch, or an unsent row.
     pub fn delivery(&self, hook_id: &str, id: &str) -> Result<Option<Delivery>, StoreError> {
         let seq: Option<i64> = self
             .conn
-            .prepare_cached("SELECT seq FROM deliveries WHERE id = ?1 AND hook_id = ?2")
-            .and_then(|mut s| s.query_row(params![id, hook_id], |r| r.get(0)).optional())
+            .prepare_cached(&format!(
+                "SELECT first_seq FROM batches WHERE id = ?2 AND hook_id = ?1
+                 UNION ALL
+                 SELECT seq FROM deliveries WHERE id = ?2 AND hook_id = ?1 AND seq > {}
+                 LIMIT 1",
+                batched("?1")
+            ))
+            .and_then(|mut s| s.query_row(params![hook_id, id], |r| r.get(0)).optional())
             .ctx("loading a delivery")?;
         let Some(seq) = seq else { return Ok(None) };
         Ok(self
@@ -496,8 +598,7 @@ impl Reader {
         let dead: i64 = self
             .conn
             .query_row(
-                "SELECT count(DISTINCT coalesce(batch_id, id)) FROM deliveries
-                 WHERE status = 'dead' AND updated_at >= ?1",
+                "SELECT count(*) FROM batches WHERE status = 'dead' AND updated_at >= ?1",
                 [since],
                 |r| r.get(0),
             )
@@ -507,12 +608,18 @@ impl Reader {
 
     /// Undelivered rows, and live hooks by status: the gauges of `/metrics`.
     pub fn gauges(&self) -> Result<crate::metrics::Gauges, StoreError> {
+        // The rows of open batches, and every live hook's unsent rows.
         let outbox_pending: i64 = self
             .conn
-            .prepare_cached(
-                "SELECT count(*) FROM deliveries INDEXED BY deliveries_open
-                 WHERE status IN ('pending', 'failed')",
-            )
+            .prepare_cached(&format!(
+                "SELECT (SELECT coalesce(sum(last_seq - first_seq + 1), 0)
+                         FROM batches INDEXED BY batches_open
+                         WHERE status IN ('pending', 'failed'))
+                      + (SELECT count(*) FROM hooks h CROSS JOIN deliveries d
+                         ON d.hook_id = h.id AND d.seq > {}
+                         WHERE h.deleted_at IS NULL)",
+                batched("h.id")
+            ))
             .and_then(|mut s| s.query_row([], |r| r.get(0)))
             .ctx("counting the outbox")?;
         let mut hooks_by_status = Vec::new();
@@ -538,11 +645,15 @@ impl Reader {
         let mut stmt = self
             .conn
             .prepare(
+&format!(
                 "SELECT h.id, h.consecutive_failures > 0 FROM hooks h
-                 WHERE h.deleted_at IS NULL AND h.status = 'active' AND EXISTS (
-                     SELECT 1 FROM deliveries d INDEXED BY deliveries_open
-                     WHERE d.hook_id = h.id AND d.status IN ('pending', 'failed'))",
-            )
+                 WHERE h.deleted_at IS NULL AND h.status = 'active' AND (
+                     EXISTS (SELECT 1 FROM batches b INDEXED BY batches_open
+                             WHERE b.hook_id = h.id AND b.status IN ('pending', 'failed'))
+                     OR EXISTS (SELECT 1 FROM deliveries d
+                                WHERE d.hook_id = h.id AND d.seq > {}))",
+                batched("h.id")
+            ))
             .ctx("finding queued work")?;
         let rows = stmt
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
