@@ -42,7 +42,9 @@ CREATE TABLE hooks (
 );
 CREATE INDEX hooks_by_tenant ON hooks (tenant, id) WHERE deleted_at IS NULL;
 
--- Published events, data as JSON text.
+-- Published events, data as JSON text. Stored in id order, the table its own primary
+-- key (WITHOUT ROWID): a rowid table keyed by text keeps a second B-tree for the key,
+-- one more insert per event. Ids are time-ordered, so events append.
 CREATE TABLE events (
     id          TEXT PRIMARY KEY,
     tenant      TEXT NOT NULL,

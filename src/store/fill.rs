@@ -180,75 +180,80 @@ fn fill(conn: &mut Connection, hooks: &[String], rows: u64) -> Result<Vec<u64>, 
     let start = (now - WINDOW_MS).max(latest_ms(conn)? + 1);
     let span = (now - 2 - start).max(0);
 
+    // Rows `?1..?2` of the fill, each with its millisecond, and the hook it goes to.
     // An id's 26 characters, as `ids::new_id` spells them: the millisecond (10
     // characters), then 80 bits that are random in `new_id` and here the row's number,
-    // so that ids are unique and increase with it.
-    let event_sql = format!(
-        "INSERT INTO events (id, tenant, type, resource_id, data, created_at)
-         WITH RECURSIVE n(i, ms) AS (
-             SELECT ?1, ?3 + ?1 * ?4 / ?5
-             UNION ALL
-             SELECT i + 1, ?3 + (i + 1) * ?4 / ?5 FROM n WHERE i + 1 < ?2
-         )
-         SELECT 'evt_' || {} || '000000' || {}, h.tenant, h.type, 'fill', ?7, n.ms
-         FROM n CROSS JOIN temp.fill_hooks h
-         WHERE h.k = n.i % ?6",
-        base32_sql("n.ms"),
-        base32_sql("n.i")
-    );
+    // so that ids are unique and increase with it. An event, its delivery, its batch
+    // and its attempt share them.
+    let rows_sql = |insert: &str, select: &str| {
+        format!(
+            "{insert}
+             WITH RECURSIVE n(i, ms) AS (
+                 SELECT ?1, ?3 + ?1 * ?4 / ?5
+                 UNION ALL
+                 SELECT i + 1, ?3 + (i + 1) * ?4 / ?5 FROM n WHERE i + 1 < ?2
+             )
+             SELECT {} FROM n CROSS JOIN temp.fill_hooks h WHERE h.k = n.i % ?6",
+            select.replace(
+                "{id}",
+                &format!("{} || '000000' || {}", base32_sql("n.ms"), base32_sql("n.i"))
+            )
+        )
+    };
+    let statements = [
+        (
+            "filling events",
+            rows_sql(
+                "INSERT INTO events (id, tenant, type, resource_id, data, created_at)",
+                "'evt_' || {id}, h.tenant, h.type, 'fill', ?7, n.ms",
+            ),
+        ),
+        (
+            "filling deliveries",
+            rows_sql(
+                "INSERT INTO deliveries (id, hook_id, seq, event_id, created_at)",
+                "'dlv_' || {id}, h.id, h.seq0 + n.i / ?6 + 1, 'evt_' || {id}, n.ms",
+            ),
+        ),
+        // Each row was sent alone: a batch of its own, named after it.
+        (
+            "filling batches",
+            rows_sql(
+                "INSERT INTO batches (hook_id, first_seq, last_seq, id, status, attempts,
+                                      next_attempt_at, created_at, updated_at)",
+                "h.id, h.seq0 + n.i / ?6 + 1, h.seq0 + n.i / ?6 + 1, 'dlv_' || {id},
+                 'delivered', 1, NULL, n.ms, n.ms + 1",
+            ),
+        ),
+        (
+            "filling attempts",
+            rows_sql(
+                "INSERT INTO attempts (delivery_id, at, status_code, error, duration_ms,
+                                       response_snippet)",
+                "'dlv_' || {id}, n.ms, 204, NULL, 1, NULL",
+            ),
+        ),
+    ];
     let mut first = 0i64;
     while first < total {
         let end = (first + CHUNK as i64).min(total);
         let tx = conn.transaction().ctx("starting a fill transaction")?;
-        let r0: i64 = tx
-            .query_row("SELECT coalesce(max(rowid), 0) FROM events", [], |r| {
-                r.get(0)
-            })
-            .ctx("reading the last event row")?;
-        let made = tx
-            .execute(&event_sql, params![first, end, start, span, total, h, DATA])
-            .ctx("filling events")?;
-        let r1: i64 = tx
-            .query_row("SELECT max(rowid) FROM events", [], |r| r.get(0))
-            .ctx("reading the last event row")?;
-        // The deliveries find their row number from the event's rowid.
-        if made as i64 != end - first || r1 != r0 + made as i64 {
-            return Err(StoreError::Conflict(format!(
-                "the fill made {made} events (rows {r0}..{r1}) where {} were due",
-                end - first
-            )));
+        for (what, sql) in &statements {
+            let mut stmt = tx.prepare(sql).ctx(what)?;
+            // Only the events take the data (?7).
+            let made = if stmt.parameter_count() == 7 {
+                stmt.execute(params![first, end, start, span, total, h, DATA])
+            } else {
+                stmt.execute(params![first, end, start, span, total, h])
+            }
+            .ctx(what)?;
+            if made as i64 != end - first {
+                return Err(StoreError::Conflict(format!(
+                    "{what}: made {made} rows where {} were due",
+                    end - first
+                )));
+            }
         }
-        // The delivery shares the event's 26 characters: time order, and unique.
-        tx.execute(
-            "INSERT INTO deliveries (id, hook_id, seq, event_id, created_at)
-             SELECT 'dlv_' || substr(e.id, 5), h.id, h.seq0 + (e.rowid - ?1 - 1 + ?2) / ?3 + 1,
-                    e.id, e.created_at
-             FROM events e CROSS JOIN temp.fill_hooks h
-             WHERE e.rowid > ?1 AND h.k = (e.rowid - ?1 - 1 + ?2) % ?3",
-            params![r0, first, h],
-        )
-        .ctx("filling deliveries")?;
-        // Each row was sent alone: a batch of its own, named after it.
-        tx.execute(
-            "INSERT INTO batches (hook_id, first_seq, last_seq, id, status, attempts,
-                                  next_attempt_at, created_at, updated_at)
-             SELECT h.id, h.seq0 + (e.rowid - ?1 - 1 + ?2) / ?3 + 1,
-                    h.seq0 + (e.rowid - ?1 - 1 + ?2) / ?3 + 1,
-                    'dlv_' || substr(e.id, 5), 'delivered', 1, NULL,
-                    e.created_at, e.created_at + 1
-             FROM events e CROSS JOIN temp.fill_hooks h
-             WHERE e.rowid > ?1 AND h.k = (e.rowid - ?1 - 1 + ?2) % ?3",
-            params![r0, first, h],
-        )
-        .ctx("filling batches")?;
-        tx.execute(
-            "INSERT INTO attempts (delivery_id, at, status_code, error, duration_ms,
-                                   response_snippet)
-             SELECT 'dlv_' || substr(e.id, 5), e.created_at, 204, NULL, 1, NULL
-             FROM events e WHERE e.rowid > ?1",
-            [r0],
-        )
-        .ctx("filling attempts")?;
         // Hook k has had the rows i < end with i % h = k.
         tx.execute(
             "UPDATE hooks SET last_seq = (SELECT f.seq0 + (?1 + ?2 - 1 - f.k) / ?2
@@ -347,8 +352,8 @@ mod tests {
         (db, ids)
     }
 
-    /// (id, hook_id, seq, event_id, batch_id, status, attempts, next_attempt_at,
-    /// created_at) of every delivery, in insertion order.
+    /// (id, hook_id, seq, event_id, batch id, batch status, attempts, next_attempt_at,
+    /// created_at) of every delivery, with the batch that holds it, in insertion order.
     type Row = (
         String,
         String,
@@ -364,9 +369,11 @@ mod tests {
     fn deliveries(conn: &Connection) -> Vec<Row> {
         let mut stmt = conn
             .prepare(
-                "SELECT id, hook_id, seq, event_id, batch_id, status, attempts, next_attempt_at,
-                        created_at
-                 FROM deliveries ORDER BY id",
+                "SELECT d.id, d.hook_id, d.seq, d.event_id, b.id, b.status, b.attempts,
+                        b.next_attempt_at, d.created_at
+                 FROM deliveries d JOIN batches b ON b.hook_id = d.hook_id
+                     AND d.seq BETWEEN b.first_seq AND b.last_seq
+                 ORDER BY d.id",
             )
             .unwrap();
         stmt.query_map([], |r| {
@@ -409,6 +416,7 @@ mod tests {
         assert_eq!(count(&conn, "SELECT count(*) FROM events"), 1000);
         assert_eq!(count(&conn, "SELECT count(*) FROM deliveries"), 1000);
         assert_eq!(count(&conn, "SELECT count(*) FROM attempts"), 1000);
+        assert_eq!(count(&conn, "SELECT count(*) FROM batches"), 1000);
         assert_eq!(
             count(&conn, "SELECT count(*) FROM pragma_foreign_key_check"),
             0
@@ -451,7 +459,7 @@ mod tests {
             count_with(
                 &conn,
                 "SELECT count(*) FROM deliveries d
-                 JOIN attempts a ON a.delivery_id = d.batch_id AND a.status_code = 204
+                 JOIN attempts a ON a.delivery_id = d.id AND a.status_code = 204
                                  AND a.error IS NULL AND a.at = d.created_at
                  JOIN events e ON e.id = d.event_id
                  JOIN hooks h ON h.id = d.hook_id AND h.tenant = e.tenant
@@ -506,10 +514,16 @@ mod tests {
         )
         .unwrap();
         conn.execute(
-            "INSERT INTO deliveries (id, hook_id, seq, event_id, batch_id, status,
-                                     created_at, updated_at)
-             VALUES (?1, ?2, 7, ?3, ?1, 'delivered', 1, 1)",
+            "INSERT INTO deliveries (id, hook_id, seq, event_id, created_at)
+             VALUES (?1, ?2, 7, ?3, 1)",
             params![dlv, hooks[0], evt],
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO batches (hook_id, first_seq, last_seq, id, status, attempts,
+                                  created_at, updated_at)
+             VALUES (?2, 7, 7, ?1, 'delivered', 1, 1, 1)",
+            params![dlv, hooks[0]],
         )
         .unwrap();
         drop(conn);
@@ -537,6 +551,26 @@ mod tests {
         assert!(matches!(err, StoreError::Rejected(_)), "{err}");
         let conn = Connection::open(&db).unwrap();
         assert_eq!(count(&conn, "SELECT count(*) FROM deliveries"), 0);
+        // A hook with unsent rows: filled rows after them would make them read as sent.
+        let evt = crate::ids::new_id("evt");
+        conn.execute(
+            "INSERT INTO events (id, tenant, type, data, created_at)
+             VALUES (?1, 'acme', 'orders.x', '{}', 1)",
+            [&evt],
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO deliveries (id, hook_id, seq, event_id, created_at)
+             VALUES ('dlv_unsent', ?1, 1, ?2, 1)",
+            params![hooks[0], evt],
+        )
+        .unwrap();
+        drop(conn);
+        let err = fill_delivered(&db, &hooks, 10).unwrap_err();
+        assert!(err.to_string().contains("unsent"), "{err}");
+        let conn = Connection::open(&db).unwrap();
+        assert_eq!(count(&conn, "SELECT count(*) FROM deliveries"), 1);
+        assert_eq!(count(&conn, "SELECT count(*) FROM batches"), 0);
         drop(conn);
         let _ = std::fs::remove_dir_all(db.parent().unwrap());
     }

@@ -23,8 +23,13 @@ use crate::secrets::SecretBox;
 
 /// Most requests folded into one transaction; bounds the time one commit holds answers.
 const MAX_GROUP: usize = 512;
-/// WAL pages after which the writer checkpoints: SQLite's own default threshold.
-const CHECKPOINT_PAGES: i32 = 1000;
+/// WAL pages after which the writer checkpoints (SQLite's own default is 1,000). A
+/// checkpoint writes each page once however many commits changed it, and a commit of
+/// many hooks' rows changes the same few pages of each hook's queue and of each event
+/// type's index entries again and again: 16,000 pages (64 MiB) write each of them once
+/// where 1,000 wrote them at nearly every commit (batch_max 100 to 100 hooks:
+/// 67.7–69.9k against 78.7–84.4k events/s, 3 pairs).
+const CHECKPOINT_PAGES: i32 = 16_000;
 /// How long a group of delivery outcomes alone may wait for more outcomes still on the
 /// wire, and how many it waits for at most. Nobody waits on a success's commit but the
 /// scheduler (the hook goes out again after it), so a millisecond costs nothing a
@@ -920,11 +925,14 @@ mod tests {
         );
         let want: Vec<(i64, String)> = (1..=4).map(|i| (i, format!("d.{i}"))).collect();
         assert_eq!(hook_rows(&conn, &hook.id), want);
-        let claimed = count(
-            &conn,
-            "SELECT count(*) FROM deliveries WHERE batch_id = 'dlv_claimed'",
-        );
-        assert_eq!(claimed, 3);
+        let claimed: (i64, i64) = conn
+            .query_row(
+                "SELECT first_seq, last_seq FROM batches WHERE id = 'dlv_claimed'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!(claimed, (1, 3));
     }
 
     /// The optimistic pass meets an op that fails after writing rows (an array publish
@@ -997,9 +1005,8 @@ mod tests {
         conn.execute_batch(&format!(
             "INSERT INTO events (id, tenant, type, data, created_at)
                  VALUES ('evt_squat', 'default', 'a.squat', 'null', 0);
-             INSERT INTO deliveries (id, hook_id, seq, event_id, batch_id, status,
-                                     created_at, updated_at)
-                 VALUES ('dlv_squat', '{}', 1, 'evt_squat', 'dlv_squat', 'pending', 0, 0);",
+             INSERT INTO deliveries (id, hook_id, seq, event_id, created_at)
+                 VALUES ('dlv_squat', '{}', 1, 'evt_squat', 0);",
             a.id
         ))
         .unwrap();
@@ -1101,6 +1108,7 @@ mod tests {
                 },
                 verdict: crate::retry::Verdict::Delivered,
                 after_failures: false,
+                single: None,
             },
             disable_after: 50,
             want_next: false,
