@@ -253,8 +253,7 @@ fn deliver(
         // Tells the writer an outcome is on its way, until it is queued through this.
         let coming = shared.store.outcome_coming();
         // `healthy` is false only before this job's first success (a failure ends it).
-        let (mut record, verdict) = attempt(shared, agent, &hook, batch_id, &batch, !healthy);
-        record.single = single;
+        let (record, verdict) = attempt(shared, agent, &hook, (batch_id, single), &batch, !healthy);
         sent += 1;
         healthy = !verdict.is_failure();
         let delivered = verdict == retry::Verdict::Delivered;
@@ -288,12 +287,13 @@ fn rows_needed(hook: &Hook) -> usize {
     hook.batch_max as usize + 1
 }
 
-/// One request: builds, signs and sends the batch, and decides what follows.
+/// One request: builds, signs and sends the batch (its id, and the row it is if it is a
+/// row sent alone that no batch holds yet), and decides what follows.
 fn attempt(
     shared: &Shared,
     agent: &Agent,
     hook: &Hook,
-    batch_id: String,
+    (batch_id, single): (String, Option<i64>),
     batch: &[Queued],
     after_failures: bool,
 ) -> (AttemptRecord, retry::Verdict) {
@@ -340,7 +340,7 @@ fn attempt(
         attempt: result.attempt,
         verdict,
         after_failures,
-        single: None,
+        single,
     };
     (record, verdict)
 }

@@ -3,7 +3,7 @@
 //! which real traffic would take hours to leave behind.
 //!
 //! Each row is what the engine leaves after one successful attempt: an event, its
-//! delivery (`delivered`, a batch of its own, one attempt in the round) and that attempt
+//! delivery, its batch (`delivered`, the row alone, one attempt in the round) and that attempt
 //! (answered 204). Rows go round-robin to existing hooks, numbered after each hook's
 //! `last_seq`, which moves on with them so that later publishes continue every hook's
 //! sequence. Rows are dated within the last hour (the retention janitor leaves them
@@ -196,7 +196,11 @@ fn fill(conn: &mut Connection, hooks: &[String], rows: u64) -> Result<Vec<u64>, 
              SELECT {} FROM n CROSS JOIN temp.fill_hooks h WHERE h.k = n.i % ?6",
             select.replace(
                 "{id}",
-                &format!("{} || '000000' || {}", base32_sql("n.ms"), base32_sql("n.i"))
+                &format!(
+                    "{} || '000000' || {}",
+                    base32_sql("n.ms"),
+                    base32_sql("n.i")
+                )
             )
         )
     };

@@ -306,7 +306,7 @@ fn configure(conn: &Connection, read_only: bool) -> Result<(), StoreError> {
         .ctx("enabling foreign keys")?;
     conn.set_prepared_statement_cache_capacity(64);
     // Plans that do not depend on bound values: without this SQLite re-prepares the
-    // queue queries (partial index `deliveries_open`) on every use, a quarter of the
+    // queue queries (partial index `batches_open`) on every use, a quarter of the
     // dispatch CPU as profiled.
     conn.set_db_config(
         rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
@@ -898,9 +898,11 @@ mod tests {
         // Each formed batch, with its rows' state; dl_4, never sent but before a batch
         // of its hook, a batch of its own; dl_7, the unsent tail, none.
         assert_eq!(
-            all("SELECT json_array(id, hook_id, first_seq, last_seq, status, attempts,
+            all(
+                "SELECT json_array(id, hook_id, first_seq, last_seq, status, attempts,
                                    next_attempt_at, created_at, updated_at)
-                 FROM batches ORDER BY id"),
+                 FROM batches ORDER BY id"
+            ),
             [
                 r#"["dl_1","hk_1",1,1,"delivered",1,null,1,5]"#,
                 r#"["dl_2","hk_2",1,1,"failed",3,99,1,6]"#,

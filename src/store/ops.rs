@@ -858,7 +858,11 @@ fn claim_batch(
         ))
         .and_then(|mut s| s.execute(params![hook_id, batch_id, first, last, now_ms()]))
         .ctx("claiming a batch")?;
-    Ok(if made == 1 { (last - first + 1) as u64 } else { 0 })
+    Ok(if made == 1 {
+        (last - first + 1) as u64
+    } else {
+        0
+    })
 }
 
 fn record_attempt(
@@ -892,14 +896,19 @@ fn record_attempt(
         Verdict::Gone => ("cancelled", None),
     };
     // Only an open batch changes: a hook deleted mid-attempt keeps its cancellations.
-    let updated = conn
-        .prepare_cached(
+    // A row sent alone has no batch to update yet (it was in the unsent tail when read,
+    // and only this dispatcher sends for its hook).
+    let updated = if record.single.is_some() {
+        0
+    } else {
+        conn.prepare_cached(
             "UPDATE batches SET status = ?2, attempts = attempts + 1, next_attempt_at = ?3,
                                 updated_at = ?4
              WHERE id = ?1 AND status IN ('pending', 'failed')",
         )
         .and_then(|mut s| s.execute(params![record.batch_id, status, next_at, now]))
-        .ctx("updating a delivery")?;
+        .ctx("updating a delivery")?
+    };
     if let (0, Some(seq)) = (updated, record.single) {
         // A row sent alone is written as a batch with its first outcome, unless a batch
         // took it meanwhile (its hook was deleted: the row is cancelled).

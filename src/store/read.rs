@@ -368,7 +368,12 @@ impl Reader {
         Ok(out)
     }
 
-    fn batch_event_ids(&self, hook_id: &str, first: i64, last: i64) -> Result<Vec<String>, StoreError> {
+    fn batch_event_ids(
+        &self,
+        hook_id: &str,
+        first: i64,
+        last: i64,
+    ) -> Result<Vec<String>, StoreError> {
         let mut stmt = self
             .conn
             .prepare_cached(
@@ -426,7 +431,9 @@ impl Reader {
         // to find the open ones.
         let mut out = Vec::new();
         let mut bytes = 0;
-        let full = |out: &Vec<Queued>, bytes: usize| out.len() >= max || (out.len() >= min && bytes >= max_bytes);
+        let full = |out: &Vec<Queued>, bytes: usize| {
+            out.len() >= max || (out.len() >= min && bytes >= max_bytes)
+        };
         {
             let mut stmt = self
                 .conn
@@ -644,8 +651,7 @@ impl Reader {
     pub fn hooks_with_open_work(&self) -> Result<Vec<(String, bool)>, StoreError> {
         let mut stmt = self
             .conn
-            .prepare(
-&format!(
+            .prepare(&format!(
                 "SELECT h.id, h.consecutive_failures > 0 FROM hooks h
                  WHERE h.deleted_at IS NULL AND h.status = 'active' AND (
                      EXISTS (SELECT 1 FROM batches b INDEXED BY batches_open

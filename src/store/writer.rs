@@ -1095,24 +1095,154 @@ mod tests {
     }
 
     fn outcome() -> Request {
-        request(WriteOp::RecordAttempt {
+        request(record(
+            "hook_1",
+            "dlv_1",
+            None,
+            crate::retry::Verdict::Delivered,
+        ))
+    }
+
+    /// The outcome of one attempt of batch `batch_id` of hook `hook_id` (`single`: a
+    /// row sent alone that no batch holds yet).
+    fn record(
+        hook_id: &str,
+        batch_id: &str,
+        single: Option<i64>,
+        verdict: crate::retry::Verdict,
+    ) -> WriteOp {
+        WriteOp::RecordAttempt {
             record: AttemptRecord {
-                hook_id: "hook_1".into(),
-                batch_id: "dlv_1".into(),
+                hook_id: hook_id.into(),
+                batch_id: batch_id.into(),
                 attempt: crate::model::Attempt {
                     at: 0,
-                    status_code: Some(204),
+                    status_code: Some(if verdict.is_failure() { 500 } else { 204 }),
                     error: None,
                     duration_ms: 1,
                     response_snippet: None,
                 },
-                verdict: crate::retry::Verdict::Delivered,
+                verdict,
                 after_failures: false,
-                single: None,
+                single,
             },
             disable_after: 50,
             want_next: false,
-        })
+        }
+    }
+
+    /// A hook's batches as (first_seq, last_seq, status), in order.
+    fn batches(conn: &Connection, hook: &str) -> Vec<(i64, i64, String)> {
+        conn.prepare(
+            "SELECT first_seq, last_seq, status FROM batches WHERE hook_id = ?1
+             ORDER BY first_seq",
+        )
+        .unwrap()
+        .query_map([hook], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+    }
+
+    /// A row sent alone is written as a batch with its outcome; a batch of several is
+    /// claimed first, one row for all of them. Deleting the hook cancels its open
+    /// batches and makes its unsent rows one cancelled batch, and what its dispatcher
+    /// still had on the wire (an outcome, a claim) then writes nothing.
+    #[test]
+    fn batches_are_written_once_per_request_and_a_deletion_cancels_the_rest() {
+        use crate::retry::Verdict;
+        let (_dir, mut conn, secrets, mut state) = fresh_store("batches");
+        let alone = create_hook(&mut conn, &mut state, &secrets, "a.*");
+        let many = create_hook_batching(&mut conn, &mut state, &secrets, "m.*", 10);
+        let row_id = |conn: &Connection, hook: &str, seq: i64| -> String {
+            conn.query_row(
+                "SELECT id FROM deliveries WHERE hook_id = ?1 AND seq = ?2",
+                rusqlite::params![hook, seq],
+                |r| r.get(0),
+            )
+            .unwrap()
+        };
+        let mut ops = publishes(&["a.1", "a.2", "a.3", "m.1", "m.2", "m.3", "m.4"]);
+        ops.push(WriteOp::ClaimBatch {
+            hook_id: many.id.clone(),
+            batch_id: "dlv_many".into(),
+            seqs: (1, 3),
+        });
+        let results = group(&mut conn, &mut state, &secrets, ops);
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+        assert!(
+            matches!(results[7], Ok(WriteOutput::Count(3))),
+            "{results:?}"
+        );
+        let [a1, a2, a3] = [1, 2, 3].map(|seq| row_id(&conn, &alone.id, seq));
+        let retry_at = Verdict::Retry { at: i64::MAX };
+        let results = group(
+            &mut conn,
+            &mut state,
+            &secrets,
+            vec![
+                record(&alone.id, &a1, Some(1), Verdict::Delivered),
+                record(&alone.id, &a2, Some(2), retry_at),
+                record(&many.id, "dlv_many", None, retry_at),
+            ],
+        );
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+        assert_eq!(
+            batches(&conn, &alone.id),
+            [(1, 1, "delivered".into()), (2, 2, "failed".into())]
+        );
+        assert_eq!(batches(&conn, &many.id), [(1, 3, "failed".into())]);
+        let named: String = conn
+            .query_row(
+                "SELECT id FROM batches WHERE hook_id = ?1 AND first_seq = 2",
+                [&alone.id],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(named, a2, "a row sent alone is a batch named after it");
+
+        let delete = |id: &str| WriteOp::DeleteHook {
+            id: id.into(),
+            scope: None,
+        };
+        let results = group(
+            &mut conn,
+            &mut state,
+            &secrets,
+            vec![delete(&alone.id), delete(&many.id)],
+        );
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+        // On the wire while they were deleted: row 3 sent alone, rows 4.. claimed.
+        let results = group(
+            &mut conn,
+            &mut state,
+            &secrets,
+            vec![
+                record(&alone.id, &a3, Some(3), Verdict::Delivered),
+                WriteOp::ClaimBatch {
+                    hook_id: many.id.clone(),
+                    batch_id: "dlv_late".into(),
+                    seqs: (4, 4),
+                },
+            ],
+        );
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+        assert!(
+            matches!(results[1], Ok(WriteOutput::Count(0))),
+            "{results:?}"
+        );
+        assert_eq!(
+            batches(&conn, &alone.id),
+            [
+                (1, 1, "delivered".into()),
+                (2, 2, "cancelled".into()),
+                (3, 3, "cancelled".into())
+            ]
+        );
+        assert_eq!(
+            batches(&conn, &many.id),
+            [(1, 3, "cancelled".into()), (4, 4, "cancelled".into())]
+        );
     }
 
     #[test]
