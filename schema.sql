@@ -60,7 +60,9 @@ CREATE INDEX events_by_tenant_type ON events (tenant, type, id);
 -- inserted: what happened to a row is its batch's (below), so sending and recording
 -- write one batch row per request, not one row per event, and a publish adds no entry
 -- to any index of open work. A hook's rows after its newest batch's last_seq have not
--- been sent: they are its pending tail, in seq order.
+-- been sent: they are its pending tail, in seq order. A row has no id column: while
+-- it is a delivery of its own, its id is derived from its event's and hook's
+-- (ids::delivery_id), so a publish adds no index entry for it.
 -- Stored in (hook_id, seq) order (WITHOUT ROWID): a hook's consecutive rows share
 -- pages, so reading a hook's queue touches a few pages, not one page per row, whatever
 -- order the events of different hooks were published in.
@@ -69,7 +71,6 @@ CREATE INDEX events_by_tenant_type ON events (tenant, type, id);
 -- statement journal, to undo itself alone; checked at COMMIT, a violation fails the
 -- transaction instead, and the writer then commits each request of its group alone.
 CREATE TABLE deliveries (
-    id         TEXT NOT NULL UNIQUE,
     hook_id    TEXT NOT NULL REFERENCES hooks (id) DEFERRABLE INITIALLY DEFERRED,
     seq        INTEGER NOT NULL,
     event_id   TEXT NOT NULL REFERENCES events (id) DEFERRABLE INITIALLY DEFERRED,

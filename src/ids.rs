@@ -60,6 +60,30 @@ pub fn time_of(id: &str) -> Option<i64> {
     i64::try_from(value).ok()
 }
 
+/// The id of the delivery of event `event_id` to hook `hook_id`, as long as that row is
+/// a delivery of its own (until a batch holds it; with `batch_max` 1, for good): `dlv_`,
+/// the event's millisecond, then 80 bits of SHA-256 over both ids. Derived, not stored:
+/// the outbox keeps no id column (nor its index) for it, the same row always has the
+/// same id, and [`delivery_id_ms`] finds the events to look among.
+pub fn delivery_id(event_id: &str, hook_id: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let ms = time_of(event_id).unwrap_or(0).max(0) as u64;
+    let digest = Sha256::new()
+        .chain_update(event_id)
+        .chain_update([0])
+        .chain_update(hook_id)
+        .finalize();
+    let bits = digest[..10]
+        .iter()
+        .fold(0u128, |acc, x| (acc << 8) | u128::from(*x));
+    encode("dlv", (u128::from(ms) << 80) | bits)
+}
+
+/// The millisecond of the event a [`delivery_id`] was derived from.
+pub fn delivery_id_ms(id: &str) -> Option<i64> {
+    id.starts_with("dlv_").then(|| time_of(id)).flatten()
+}
+
 fn encode(prefix: &str, value: u128) -> String {
     let mut out = String::with_capacity(prefix.len() + 27);
     out.push_str(prefix);
@@ -85,6 +109,22 @@ pub fn new_token() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_delivery_id_is_derived_from_its_event_and_hook() {
+        let event = new_id("evt");
+        let id = delivery_id(&event, "hook_a");
+        assert_eq!(
+            id,
+            delivery_id(&event, "hook_a"),
+            "the same row, the same id"
+        );
+        assert_ne!(id, delivery_id(&event, "hook_b"));
+        assert_ne!(id, delivery_id(&new_id("evt"), "hook_a"));
+        assert!(id.starts_with("dlv_") && id.len() == 30, "{id}");
+        assert_eq!(delivery_id_ms(&id), time_of(&event));
+        assert_eq!(delivery_id_ms(&event), None);
+    }
 
     #[test]
     fn ids_are_prefixed_and_increasing() {

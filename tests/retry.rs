@@ -283,3 +283,48 @@ fn manual_retry_resends_a_dead_delivery_and_replay_requeues_dead_ones_since() {
         .unwrap()
         .contains(&json!(e2)));
 }
+
+/// An event queued behind a failed one is a pending delivery of its own in the log; its
+/// id there is the webhook-id it is later sent with, and retrying it while it is queued
+/// is refused. The failed one is retried by hand, and both then arrive in order.
+#[test]
+fn a_queued_delivery_keeps_the_id_the_log_showed_and_is_not_retried_while_queued() {
+    let hookd = Hookd::options().schedule("30s").start();
+    let sink = Sink::start();
+    let hook = hookd.hook(&sink.url("/q"), "queued.e");
+    sink.script([500]);
+    let first = hookd.publish("queued.e", "1", json!({"n": 1}));
+    let failed = hookd.wait_delivery(&hook.id, &first, "failed");
+    let second = hookd.publish("queued.e", "2", json!({"n": 2}));
+    let queued = hookd.wait_delivery(&hook.id, &second, "pending");
+    let queued_id = queued["id"].as_str().expect("a delivery id").to_string();
+    assert!(queued_id.starts_with("dlv_"), "{queued}");
+    assert_ne!(queued["id"], failed["id"]);
+    let log = hookd.deliveries(&hook.id, None);
+    let ids: Vec<&Value> = log.iter().map(|d| &d["id"]).collect();
+    assert_eq!(ids, [&queued["id"], &failed["id"]], "newest first: {log:?}");
+
+    hookd
+        .post_empty(&hookd.admin, &format!("/v1/deliveries/{queued_id}/retry"))
+        .expect_error(409, "not_retryable");
+    let unknown = format!("dlv_{}", &queued_id[4..14].repeat(3)[..26]);
+    hookd
+        .post_empty(&hookd.admin, &format!("/v1/deliveries/{unknown}/retry"))
+        .expect_error(404, "not_found");
+    assert_eq!(sink.count(), 1, "nothing was sent by the refused retries");
+
+    let failed_id = failed["id"].as_str().unwrap();
+    hookd
+        .post_empty(&hookd.admin, &format!("/v1/deliveries/{failed_id}/retry"))
+        .expect(202);
+    let reqs = sink.wait_for(3);
+    assert_eq!(reqs[1].webhook_id(), failed_id);
+    assert_eq!(reqs[1].json()["event_id"], first);
+    assert_eq!(
+        reqs[2].webhook_id(),
+        queued_id,
+        "sent under the id the log showed"
+    );
+    assert_eq!(reqs[2].json()["event_id"], second);
+    hookd.wait_delivery(&hook.id, &second, "delivered");
+}

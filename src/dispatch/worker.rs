@@ -234,7 +234,7 @@ fn deliver(
             Claimed::Alone => {
                 let mut head = ahead.drain(..1).collect::<Vec<_>>();
                 single = Some(head[0].row.seq);
-                head[0].row.batch_id = Some(head[0].row.id.clone());
+                head[0].row.batch_id = Some(crate::ids::delivery_id(&head[0].event.id, hook_id));
                 head
             }
             Claimed::Reread(batch) => {

@@ -119,8 +119,9 @@ const MIGRATIONS: &[&str] = &[
     // schema.sql): each formed batch becomes one, named as before; a row never put in a
     // batch stays in the pending tail if it is open and after every batch of its hook,
     // and becomes a batch of its own otherwise. The outbox is then rebuilt without the
-    // columns and indexes that moved, and the events as a table keyed by their id
-    // (WITHOUT ROWID: one B-tree fewer to insert into per event).
+    // columns and indexes that moved (and without its id: an unsent row's id is derived
+    // now, so the few unsent rows there are show new ids), and the events as a table
+    // keyed by their id (WITHOUT ROWID: one B-tree fewer to insert into per event).
     "CREATE TABLE batches (
     hook_id         TEXT NOT NULL,
     first_seq       INTEGER NOT NULL,
@@ -169,15 +170,14 @@ const MIGRATIONS: &[&str] = &[
      DROP INDEX deliveries_by_batch;
      DROP INDEX deliveries_dead;
      CREATE TABLE deliveries (
-    id         TEXT NOT NULL UNIQUE,
     hook_id    TEXT NOT NULL REFERENCES hooks (id) DEFERRABLE INITIALLY DEFERRED,
     seq        INTEGER NOT NULL,
     event_id   TEXT NOT NULL REFERENCES events (id) DEFERRABLE INITIALLY DEFERRED,
     created_at INTEGER NOT NULL,
     PRIMARY KEY (hook_id, seq)
 ) WITHOUT ROWID;
-     INSERT INTO deliveries (id, hook_id, seq, event_id, created_at)
-         SELECT id, hook_id, seq, event_id, created_at FROM deliveries_v4 ORDER BY hook_id, seq;
+     INSERT INTO deliveries (hook_id, seq, event_id, created_at)
+         SELECT hook_id, seq, event_id, created_at FROM deliveries_v4 ORDER BY hook_id, seq;
      DROP TABLE deliveries_v4;
      DROP TABLE events_v4;
      CREATE INDEX events_by_tenant ON events (tenant, id);
@@ -882,16 +882,16 @@ mod tests {
             rows.map(Result::unwrap).collect()
         };
         assert_eq!(
-            all("SELECT json_array(id, hook_id, seq, event_id, created_at)
-                 FROM deliveries ORDER BY id"),
+            all("SELECT json_array(hook_id, seq, event_id, created_at)
+                 FROM deliveries ORDER BY hook_id, seq"),
             [
-                r#"["dl_1","hk_1",1,"ev_1",1]"#,
-                r#"["dl_2","hk_2",1,"ev_1",1]"#,
-                r#"["dl_3","hk_1",2,"ev_2",2]"#,
-                r#"["dl_4","hk_2",2,"ev_2",2]"#,
-                r#"["dl_5","hk_2",3,"ev_3",3]"#,
-                r#"["dl_6","hk_2",4,"ev_3",3]"#,
-                r#"["dl_7","hk_2",5,"ev_3",3]"#,
+                r#"["hk_1",1,"ev_1",1]"#,
+                r#"["hk_1",2,"ev_2",2]"#,
+                r#"["hk_2",1,"ev_1",1]"#,
+                r#"["hk_2",2,"ev_2",2]"#,
+                r#"["hk_2",3,"ev_3",3]"#,
+                r#"["hk_2",4,"ev_3",3]"#,
+                r#"["hk_2",5,"ev_3",3]"#,
             ],
             "every row kept"
         );

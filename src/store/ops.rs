@@ -673,7 +673,6 @@ impl PublishRows<'_> {
 
 struct DeliveryRow {
     created_at: Millis,
-    id: String,
     hook_id: String,
     seq: i64,
     event_id: String,
@@ -716,7 +715,6 @@ fn fan_out<'a>(
         };
         rows.deliveries.push(DeliveryRow {
             created_at: now,
-            id: new_id("dlv"),
             hook_id: hook_id.clone(),
             seq,
             event_id: id.clone(),
@@ -782,18 +780,10 @@ fn insert_rows(
         conn,
         "inserting deliveries",
         on_conflict,
-        "deliveries (id, hook_id, seq, event_id, created_at) VALUES ",
-        "(?, ?, ?, ?, ?)",
+        "deliveries (hook_id, seq, event_id, created_at) VALUES ",
+        "(?, ?, ?, ?)",
         &rows.deliveries,
-        |d, values| {
-            values.extend([
-                &d.id as &dyn ToSql,
-                &d.hook_id,
-                &d.seq,
-                &d.event_id,
-                &d.created_at,
-            ])
-        },
+        |d, values| values.extend([&d.hook_id as &dyn ToSql, &d.seq, &d.event_id, &d.created_at]),
     )
 }
 
@@ -1000,22 +990,30 @@ fn delivery_hook(
     scope: Option<&str>,
 ) -> Result<(String, String), StoreError> {
     // A batch, or an unsent row (a delivery of its own until it is sent).
-    let row: Option<(String, String, String)> = conn
+    let batch: Option<(String, String)> = conn
         .query_row(
-            &format!(
-                "SELECT b.hook_id, h.tenant, b.status FROM batches b JOIN hooks h ON h.id = b.hook_id
-                 WHERE b.id = ?1 AND h.deleted_at IS NULL
-                 UNION ALL
-                 SELECT d.hook_id, h.tenant, 'pending' FROM deliveries d JOIN hooks h ON h.id = d.hook_id
-                 WHERE d.id = ?1 AND h.deleted_at IS NULL AND d.seq > {}
-                 LIMIT 1",
-                batched("d.hook_id")
-            ),
+            "SELECT hook_id, status FROM batches WHERE id = ?1",
             [id],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .optional()
         .ctx("loading a delivery")?;
+    let found = match batch {
+        Some(found) => Some(found),
+        None => super::read::unsent_row(conn, id, None)?.map(|(hook, _)| (hook, "pending".into())),
+    };
+    let row: Option<(String, String, String)> = match found {
+        None => None,
+        Some((hook_id, status)) => conn
+            .query_row(
+                "SELECT tenant FROM hooks WHERE id = ?1 AND deleted_at IS NULL",
+                [&hook_id],
+                |r| r.get(0),
+            )
+            .optional()
+            .ctx("loading a delivery")?
+            .map(|tenant| (hook_id, tenant, status)),
+    };
     let (hook_id, tenant, status) = row.ok_or(StoreError::NotFound)?;
     if scope.is_some_and(|t| t != tenant) {
         return Err(StoreError::NotFound);

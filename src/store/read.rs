@@ -83,7 +83,6 @@ fn key_from_row(r: &Row) -> rusqlite::Result<ApiKey> {
 /// A row of a hook's outbox, as the dispatcher needs it.
 #[derive(Debug, Clone)]
 pub struct OutboxRow {
-    pub id: String,
     pub seq: i64,
     pub event_id: String,
     pub batch_id: Option<String>,
@@ -100,13 +99,50 @@ pub struct Queued {
 
 fn outbox_from_row(r: &Row) -> rusqlite::Result<OutboxRow> {
     Ok(OutboxRow {
-        id: r.get(0)?,
-        seq: r.get(1)?,
-        event_id: r.get(2)?,
-        batch_id: r.get(3)?,
-        attempts: r.get(4)?,
-        next_attempt_at: r.get(5)?,
+        seq: r.get(0)?,
+        event_id: r.get(1)?,
+        batch_id: r.get(2)?,
+        attempts: r.get(3)?,
+        next_attempt_at: r.get(4)?,
     })
+}
+
+/// The unsent row (hook, seq) whose derived id ([`crate::ids::delivery_id`]) is `id`,
+/// of `hook` or of any hook: among the rows of the events of the id's millisecond, each
+/// id derived again. A few rows, found through the events' key and `deliveries_by_event`.
+pub(super) fn unsent_row(
+    conn: &Connection,
+    id: &str,
+    hook: Option<&str>,
+) -> Result<Option<(String, i64)>, StoreError> {
+    let Some(ms) = crate::ids::delivery_id_ms(id) else {
+        return Ok(None);
+    };
+    let mut stmt = conn
+        .prepare_cached(&format!(
+            "SELECT d.hook_id, d.seq, d.event_id
+             FROM events e CROSS JOIN deliveries d ON d.event_id = e.id
+             WHERE e.id >= ?1 AND e.id < ?2 AND (?3 IS NULL OR d.hook_id = ?3)
+               AND d.seq > {}",
+            batched("d.hook_id")
+        ))
+        .ctx("finding a delivery")?;
+    let from = crate::ids::id_at("evt", ms);
+    let to = crate::ids::id_at("evt", ms + 1);
+    let mut rows = stmt
+        .query(params![from, to, hook])
+        .ctx("finding a delivery")?;
+    while let Some(r) = rows.next().ctx("finding a delivery")? {
+        let row: (String, i64, String) = (
+            r.get(0).ctx("finding a delivery")?,
+            r.get(1).ctx("finding a delivery")?,
+            r.get(2).ctx("finding a delivery")?,
+        );
+        if crate::ids::delivery_id(&row.2, &row.0) == id {
+            return Ok(Some((row.0, row.1)));
+        }
+    }
+    Ok(None)
 }
 
 pub struct Reader {
@@ -299,7 +335,7 @@ impl Reader {
             let mut stmt = self
                 .conn
                 .prepare_cached(&format!(
-                    "SELECT id, seq, created_at, event_id FROM deliveries
+                    "SELECT seq, created_at, event_id FROM deliveries
                      WHERE hook_id = ?1 AND seq > {} AND (?2 = 0 OR seq < ?2)
                      ORDER BY seq DESC LIMIT ?3",
                     batched("?1")
@@ -307,15 +343,16 @@ impl Reader {
                 .ctx("listing deliveries")?;
             let rows = stmt
                 .query_map(params![hook_id, before, limit], |r| {
+                    let event_id: String = r.get(2)?;
                     Ok(Delivery {
-                        id: r.get(0)?,
+                        id: crate::ids::delivery_id(&event_id, hook_id),
                         hook_id: hook_id.to_string(),
-                        event_ids: vec![r.get(3)?],
-                        sequence: r.get(1)?,
+                        event_ids: vec![event_id],
+                        sequence: r.get(0)?,
                         status: DeliveryStatus::Pending,
                         attempts: Vec::new(),
                         next_attempt_at: None,
-                        created_at: r.get(2)?,
+                        created_at: r.get(1)?,
                     })
                 })
                 .ctx("listing deliveries")?;
@@ -438,7 +475,7 @@ impl Reader {
             let mut stmt = self
                 .conn
                 .prepare_cached(
-                    "SELECT d.id, d.seq, d.event_id, b.id, b.attempts, b.next_attempt_at,
+                    "SELECT d.seq, d.event_id, b.id, b.attempts, b.next_attempt_at,
                             e.id, e.tenant, e.type, e.resource_id, e.data, e.created_at
                      FROM batches b INDEXED BY batches_open
                      CROSS JOIN deliveries d
@@ -455,7 +492,7 @@ impl Reader {
             while let Some(r) = rows.next().ctx("reading a hook's queue")? {
                 let q = Queued {
                     row: outbox_from_row(r).ctx("reading a hook's queue")?,
-                    event: event_at(r, 6).ctx("reading an event")?,
+                    event: event_at(r, 5).ctx("reading an event")?,
                 };
                 bytes += q.event.data.len();
                 out.push(q);
@@ -467,7 +504,7 @@ impl Reader {
         let mut stmt = self
             .conn
             .prepare_cached(&format!(
-                "SELECT d.id, d.seq, d.event_id, NULL, 0, NULL,
+                "SELECT d.seq, d.event_id, NULL, 0, NULL,
                         e.id, e.tenant, e.type, e.resource_id, e.data, e.created_at
                  FROM deliveries d CROSS JOIN events e ON e.id = d.event_id
                  WHERE d.hook_id = ?1 AND d.seq > max(?2, {})
@@ -481,7 +518,7 @@ impl Reader {
         while let Some(r) = rows.next().ctx("reading a hook's queue")? {
             let q = Queued {
                 row: outbox_from_row(r).ctx("reading a hook's queue")?,
-                event: event_at(r, 6).ctx("reading an event")?,
+                event: event_at(r, 5).ctx("reading an event")?,
             };
             bytes += q.event.data.len();
             out.push(q);
@@ -497,7 +534,7 @@ impl Reader {
         let mut stmt = self
             .conn
             .prepare_cached(
-                "SELECT d.id, d.seq, d.event_id, b.id, b.attempts, b.next_attempt_at
+                "SELECT d.seq, d.event_id, b.id, b.attempts, b.next_attempt_at
                  FROM batches b CROSS JOIN deliveries d
                      ON d.hook_id = b.hook_id AND d.seq BETWEEN b.first_seq AND b.last_seq
                  WHERE b.id = ?1 AND b.status IN ('pending', 'failed') ORDER BY d.seq",
@@ -544,14 +581,17 @@ impl Reader {
             let mut stmt = self
                 .conn
                 .prepare_cached(&format!(
-                    "SELECT id, hook_id FROM deliveries WHERE hook_id = ?1 AND seq > {}
+                    "SELECT event_id, hook_id FROM deliveries WHERE hook_id = ?1 AND seq > {}
                      ORDER BY seq DESC LIMIT ?2",
                     batched("?1")
                 ))
                 .ctx("listing deliveries")?;
             for hook in hooks {
                 let rows = stmt
-                    .query_map(params![hook, limit], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .query_map(params![hook, limit], |r| {
+                        let (event, hook): (String, String) = (r.get(0)?, r.get(1)?);
+                        Ok((crate::ids::delivery_id(&event, &hook), hook))
+                    })
                     .ctx("listing deliveries")?;
                 for row in rows {
                     ids.push(row.ctx("reading deliveries")?);
@@ -571,18 +611,18 @@ impl Reader {
 
     /// One delivery of a hook, as the log shows it: a batch, or an unsent row.
     pub fn delivery(&self, hook_id: &str, id: &str) -> Result<Option<Delivery>, StoreError> {
-        let seq: Option<i64> = self
+        let batch: Option<i64> = self
             .conn
-            .prepare_cached(&format!(
-                "SELECT first_seq FROM batches WHERE id = ?2 AND hook_id = ?1
-                 UNION ALL
-                 SELECT seq FROM deliveries WHERE id = ?2 AND hook_id = ?1 AND seq > {}
-                 LIMIT 1",
-                batched("?1")
-            ))
+            .prepare_cached("SELECT first_seq FROM batches WHERE id = ?2 AND hook_id = ?1")
             .and_then(|mut s| s.query_row(params![hook_id, id], |r| r.get(0)).optional())
             .ctx("loading a delivery")?;
-        let Some(seq) = seq else { return Ok(None) };
+        let seq = match batch {
+            Some(seq) => seq,
+            None => match unsent_row(&self.conn, id, Some(hook_id))? {
+                Some((_, seq)) => seq,
+                None => return Ok(None),
+            },
+        };
         Ok(self
             .deliveries(hook_id, None, seq + 1, 1)?
             .into_iter()

@@ -1005,8 +1005,8 @@ mod tests {
         conn.execute_batch(&format!(
             "INSERT INTO events (id, tenant, type, data, created_at)
                  VALUES ('evt_squat', 'default', 'a.squat', 'null', 0);
-             INSERT INTO deliveries (id, hook_id, seq, event_id, created_at)
-                 VALUES ('dlv_squat', '{}', 1, 'evt_squat', 0);",
+             INSERT INTO deliveries (hook_id, seq, event_id, created_at)
+                 VALUES ('{}', 1, 'evt_squat', 0);",
             a.id
         ))
         .unwrap();
@@ -1155,12 +1155,14 @@ mod tests {
         let alone = create_hook(&mut conn, &mut state, &secrets, "a.*");
         let many = create_hook_batching(&mut conn, &mut state, &secrets, "m.*", 10);
         let row_id = |conn: &Connection, hook: &str, seq: i64| -> String {
-            conn.query_row(
-                "SELECT id FROM deliveries WHERE hook_id = ?1 AND seq = ?2",
-                rusqlite::params![hook, seq],
-                |r| r.get(0),
-            )
-            .unwrap()
+            let event: String = conn
+                .query_row(
+                    "SELECT event_id FROM deliveries WHERE hook_id = ?1 AND seq = ?2",
+                    rusqlite::params![hook, seq],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            crate::ids::delivery_id(&event, hook)
         };
         let mut ops = publishes(&["a.1", "a.2", "a.3", "m.1", "m.2", "m.3", "m.4"]);
         ops.push(WriteOp::ClaimBatch {
