@@ -462,10 +462,12 @@ impl Reader {
         max_bytes: usize,
     ) -> Result<(Vec<Queued>, bool), StoreError> {
         // Its open batches first (sent before, to be sent again), then its unsent tail:
-        // every batch's rows come before the tail's. CROSS JOIN keeps the hook's rows
-        // as the outer loop; INDEXED BY: the batches' own key also starts with
-        // (hook_id, first_seq), and SQLite may pick it, walking the hook's whole history
-        // to find the open ones.
+        // every batch's rows come before the tail's. CROSS JOIN fixes the loops' order
+        // (batches, then each one's rows through the outbox key, in seq order, then
+        // their events), so ordering by first_seq orders the rows without a sort (ORDER
+        // BY d.seq too made SQLite build a temporary B-tree per query); INDEXED BY: the
+        // batches' own key also starts with (hook_id, first_seq), and SQLite may pick
+        // it, walking the hook's whole history to find the open ones.
         let mut out = Vec::new();
         let mut bytes = 0;
         let full = |out: &Vec<Queued>, bytes: usize| {
@@ -483,7 +485,7 @@ impl Reader {
                      CROSS JOIN events e ON e.id = d.event_id
                      WHERE b.hook_id = ?1 AND b.status IN ('pending', 'failed')
                        AND b.last_seq > ?2 AND d.seq > ?2
-                     ORDER BY b.first_seq, d.seq",
+                     ORDER BY b.first_seq",
                 )
                 .ctx("reading a hook's queue")?;
             let mut rows = stmt
@@ -655,16 +657,19 @@ impl Reader {
 
     /// Undelivered rows, and live hooks by status: the gauges of `/metrics`.
     pub fn gauges(&self) -> Result<crate::metrics::Gauges, StoreError> {
-        // The rows of open batches, and every live hook's unsent rows.
+        // The rows of open batches, and every live hook's unsent rows: a hook's rows are
+        // numbered without gaps and only sent ones are ever deleted, so those are its
+        // newest number less its last sent one (two probes per hook, not a count).
         let outbox_pending: i64 = self
             .conn
             .prepare_cached(&format!(
                 "SELECT (SELECT coalesce(sum(last_seq - first_seq + 1), 0)
                          FROM batches INDEXED BY batches_open
                          WHERE status IN ('pending', 'failed'))
-                      + (SELECT count(*) FROM hooks h CROSS JOIN deliveries d
-                         ON d.hook_id = h.id AND d.seq > {}
-                         WHERE h.deleted_at IS NULL)",
+                      + (SELECT coalesce(sum(max(0, coalesce((SELECT max(seq) FROM deliveries
+                                                               WHERE hook_id = h.id), 0)
+                                                    - {})), 0)
+                         FROM hooks h WHERE h.deleted_at IS NULL)",
                 batched("h.id")
             ))
             .and_then(|mut s| s.query_row([], |r| r.get(0)))
