@@ -509,11 +509,9 @@ mod tests {
         let _ = std::fs::remove_dir_all(db.parent().unwrap());
     }
 
-    #[test]
-    fn fill_continues_after_a_hooks_newest_row_when_last_seq_lags() {
-        let (db, hooks) = database_with_hooks(1);
-        let conn = Connection::open(&db).unwrap();
-        let (evt, dlv) = (crate::ids::new_id("evt"), crate::ids::new_id("dlv"));
+    /// Writes an event and its row `seq` of `hook`, as a publish would, behind the store.
+    fn queue_row(conn: &Connection, hook: &str, seq: i64) {
+        let evt = crate::ids::new_id("evt");
         conn.execute(
             "INSERT INTO events (id, tenant, type, data, created_at)
              VALUES (?1, 'acme', 'orders.x', '{}', 1)",
@@ -522,10 +520,18 @@ mod tests {
         .unwrap();
         conn.execute(
             "INSERT INTO deliveries (hook_id, seq, event_id, created_at)
-             VALUES (?1, 7, ?2, 1)",
-            params![hooks[0], evt],
+             VALUES (?1, ?2, ?3, 1)",
+            params![hook, seq, evt],
         )
         .unwrap();
+    }
+
+    #[test]
+    fn fill_continues_after_a_hooks_newest_row_when_last_seq_lags() {
+        let (db, hooks) = database_with_hooks(1);
+        let conn = Connection::open(&db).unwrap();
+        let dlv = crate::ids::new_id("dlv");
+        queue_row(&conn, &hooks[0], 7);
         conn.execute(
             "INSERT INTO batches (hook_id, first_seq, last_seq, id, status, attempts,
                                   created_at, updated_at)
@@ -559,19 +565,7 @@ mod tests {
         let conn = Connection::open(&db).unwrap();
         assert_eq!(count(&conn, "SELECT count(*) FROM deliveries"), 0);
         // A hook with unsent rows: filled rows after them would make them read as sent.
-        let evt = crate::ids::new_id("evt");
-        conn.execute(
-            "INSERT INTO events (id, tenant, type, data, created_at)
-             VALUES (?1, 'acme', 'orders.x', '{}', 1)",
-            [&evt],
-        )
-        .unwrap();
-        conn.execute(
-            "INSERT INTO deliveries (hook_id, seq, event_id, created_at)
-             VALUES (?1, 1, ?2, 1)",
-            params![hooks[0], evt],
-        )
-        .unwrap();
+        queue_row(&conn, &hooks[0], 1);
         drop(conn);
         let err = fill_delivered(&db, &hooks, 10).unwrap_err();
         assert!(err.to_string().contains("unsent"), "{err}");

@@ -145,6 +145,29 @@ pub(super) fn unsent_row(
     Ok(None)
 }
 
+/// Adds the queue rows `rows` yields (an [`OutboxRow`]'s columns, then its event's) to
+/// `out`, counting their events' bytes, until `full(rows, bytes)`; true if it stopped
+/// there, false if the rows ran out. The rest is never stepped.
+fn take_queued(
+    rows: &mut rusqlite::Rows<'_>,
+    out: &mut Vec<Queued>,
+    bytes: &mut usize,
+    full: &dyn Fn(usize, usize) -> bool,
+) -> Result<bool, StoreError> {
+    while let Some(r) = rows.next().ctx("reading a hook's queue")? {
+        let q = Queued {
+            row: outbox_from_row(r).ctx("reading a hook's queue")?,
+            event: event_at(r, 5).ctx("reading an event")?,
+        };
+        *bytes += q.event.data.len();
+        out.push(q);
+        if full(out.len(), *bytes) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 pub struct Reader {
     conn: Connection,
     secrets: Arc<SecretBox>,
@@ -470,9 +493,7 @@ impl Reader {
         // it, walking the hook's whole history to find the open ones.
         let mut out = Vec::new();
         let mut bytes = 0;
-        let full = |out: &Vec<Queued>, bytes: usize| {
-            out.len() >= max || (out.len() >= min && bytes >= max_bytes)
-        };
+        let full = |rows: usize, bytes: usize| rows >= max || (rows >= min && bytes >= max_bytes);
         {
             let mut stmt = self
                 .conn
@@ -491,16 +512,8 @@ impl Reader {
             let mut rows = stmt
                 .query(params![hook_id, after])
                 .ctx("reading a hook's queue")?;
-            while let Some(r) = rows.next().ctx("reading a hook's queue")? {
-                let q = Queued {
-                    row: outbox_from_row(r).ctx("reading a hook's queue")?,
-                    event: event_at(r, 5).ctx("reading an event")?,
-                };
-                bytes += q.event.data.len();
-                out.push(q);
-                if full(&out, bytes) {
-                    return Ok((out, false));
-                }
+            if take_queued(&mut rows, &mut out, &mut bytes, &full)? {
+                return Ok((out, false));
             }
         }
         let mut stmt = self
@@ -517,18 +530,8 @@ impl Reader {
         let mut rows = stmt
             .query(params![hook_id, after, (max - out.len()) as i64])
             .ctx("reading a hook's queue")?;
-        while let Some(r) = rows.next().ctx("reading a hook's queue")? {
-            let q = Queued {
-                row: outbox_from_row(r).ctx("reading a hook's queue")?,
-                event: event_at(r, 5).ctx("reading an event")?,
-            };
-            bytes += q.event.data.len();
-            out.push(q);
-            if full(&out, bytes) {
-                return Ok((out, false));
-            }
-        }
-        Ok((out, true))
+        let full = take_queued(&mut rows, &mut out, &mut bytes, &full)?;
+        Ok((out, !full))
     }
 
     /// The rows of one open batch, in sequence order.
