@@ -328,3 +328,57 @@ fn a_queued_delivery_keeps_the_id_the_log_showed_and_is_not_retried_while_queued
     assert_eq!(reqs[2].json()["event_id"], second);
     hookd.wait_delivery(&hook.id, &second, "delivered");
 }
+
+/// A batch that fails is retried whole: the same events, in the same body, under the
+/// same webhook-id, and the log shows it as one delivery of those events with both
+/// attempts.
+#[test]
+fn a_failed_batch_is_retried_with_the_same_events_and_id() {
+    let hookd = Hookd::options().schedule("1s").start();
+    let sink = Sink::start();
+    let hook = hookd.create_hook(json!({
+        "target_url": sink.url("/b"), "event": "rb.*", "batch_max": 10
+    }));
+    // The first delivery is answered slowly, so the next events pile up behind it and
+    // go out together; that batch fails once.
+    sink.script([
+        Reply::ok().delay(Duration::from_millis(500)),
+        Reply::status(500),
+    ]);
+    let first = hookd.publish("rb.e", "0", json!(null));
+    sink.wait_for(1);
+    let piled: Vec<String> = (1..5)
+        .map(|i| hookd.publish("rb.e", &i.to_string(), json!(null)))
+        .collect();
+    let reqs = sink.wait_for(3);
+    assert_eq!(
+        reqs[0].json(),
+        json!([reqs[0].json()[0]]),
+        "alone, as an array"
+    );
+    assert_eq!(reqs[0].json()[0]["event_id"], first);
+    assert_eq!(reqs[1].answered, 500);
+    assert_eq!(reqs[2].answered, 200);
+    let batch: Vec<Value> = piled.iter().map(|id| json!(id)).collect();
+    let sent: Vec<Value> = reqs[1]
+        .json()
+        .as_array()
+        .unwrap_or_else(|| panic!("not a batch: {}", reqs[1].json()))
+        .iter()
+        .map(|e| e["event_id"].clone())
+        .collect();
+    assert_eq!(sent, batch, "the piled-up events, in order, in one request");
+    assert_eq!(
+        reqs[2].webhook_id(),
+        reqs[1].webhook_id(),
+        "webhook-id changed"
+    );
+    assert_eq!(reqs[2].json(), reqs[1].json(), "body changed on retry");
+    for req in &reqs {
+        req.assert_signed(&hook.secret);
+    }
+    let logged = hookd.wait_delivery(&hook.id, &piled[0], "delivered");
+    assert_eq!(logged["id"], reqs[1].webhook_id());
+    assert_eq!(logged["event_ids"], json!(batch));
+    assert_eq!(attempt_codes(&logged), [200, 500], "attempts: {logged}");
+}
