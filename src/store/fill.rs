@@ -159,9 +159,10 @@ fn fill(conn: &mut Connection, hooks: &[String], rows: u64) -> Result<Vec<u64>, 
         // Filled rows are sent batches: after them, unsent rows would read as sent.
         let unsent: bool = conn
             .query_row(
-                &format!(
-                    "SELECT EXISTS (SELECT 1 FROM deliveries WHERE hook_id = ?1 AND seq > {})",
-                    super::ops::batched("?1")
+                concat!(
+                    "SELECT EXISTS (SELECT 1 FROM deliveries WHERE hook_id = ?1 AND seq > ",
+                    batched!("?1"),
+                    ")"
                 ),
                 [id],
                 |r| r.get(0),

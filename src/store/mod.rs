@@ -3,6 +3,22 @@
 //! transaction; reads use their own connections ([`read::Reader`]). Knows nothing of
 //! HTTP or of delivery transport.
 
+/// SQL for the last sequence number of the hook `$hook` (an SQL expression, a
+/// literal) that is in a batch, 0 when none is: its rows after it are its unsent tail.
+/// The batch with the highest first_seq has the highest last_seq (a hook's batches do
+/// not overlap), so this is one probe of the batches' key. A macro, so that the
+/// queries built with it are `concat!`-ed constants, not strings formatted at every
+/// call on the dispatchers' and the writer's paths.
+macro_rules! batched {
+    ($hook:literal) => {
+        concat!(
+            "coalesce((SELECT last_seq FROM batches WHERE hook_id = ",
+            $hook,
+            " ORDER BY first_seq DESC LIMIT 1), 0)"
+        )
+    };
+}
+
 pub mod fill;
 mod ops;
 pub mod read;

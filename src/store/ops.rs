@@ -345,13 +345,14 @@ fn delete_hook(
     )
     .ctx("cancelling a deleted hook's deliveries")?;
     conn.execute(
-        &format!(
+        concat!(
             "INSERT INTO batches (hook_id, first_seq, last_seq, id, status, attempts,
                                   next_attempt_at, created_at, updated_at)
              SELECT ?1, min(seq), max(seq), ?3, 'cancelled', 0, NULL, min(created_at), ?2
-             FROM deliveries WHERE hook_id = ?1 AND seq > {}
-             HAVING count(*) > 0",
-            batched("?1")
+             FROM deliveries WHERE hook_id = ?1 AND seq > ",
+            batched!("?1"),
+            "
+             HAVING count(*) > 0"
         ),
         params![hook.id, now, new_id("dlv")],
     )
@@ -815,17 +816,6 @@ fn insert_chunked<'r, T>(
     Ok(())
 }
 
-/// SQL for the last sequence number of the hook `hook` (an expression) that is in a
-/// batch, 0 when none is: its rows after it are its unsent tail. The batch with the
-/// highest first_seq has the highest last_seq (a hook's batches do not overlap), so
-/// this is one probe of the batches' key.
-pub(super) fn batched(hook: &str) -> String {
-    format!(
-        "coalesce((SELECT last_seq FROM batches WHERE hook_id = {hook}
-                   ORDER BY first_seq DESC LIMIT 1), 0)"
-    )
-}
-
 /// Forms a batch of the hook's unsent rows `first..=last` before it is first sent: one
 /// row for the whole batch, whatever its size. Nothing is written (0) unless `first`
 /// starts the unsent tail and `last` exists: the rows changed under the dispatcher
@@ -837,14 +827,15 @@ fn claim_batch(
     (first, last): (i64, i64),
 ) -> Result<u64, StoreError> {
     let made = conn
-        .prepare_cached(&format!(
+        .prepare_cached(concat!(
             "INSERT INTO batches (hook_id, first_seq, last_seq, id, status, attempts,
                                   next_attempt_at, created_at, updated_at)
              SELECT ?1, ?3, ?4, ?2, 'pending', 0, NULL, d.created_at, ?5
              FROM deliveries d
-             WHERE d.hook_id = ?1 AND d.seq = ?3 AND ?3 > {}
-               AND EXISTS (SELECT 1 FROM deliveries WHERE hook_id = ?1 AND seq = ?4)",
-            batched("?1")
+             WHERE d.hook_id = ?1 AND d.seq = ?3 AND ?3 > ",
+            batched!("?1"),
+            "
+               AND EXISTS (SELECT 1 FROM deliveries WHERE hook_id = ?1 AND seq = ?4)"
         ))
         .and_then(|mut s| s.execute(params![hook_id, batch_id, first, last, now_ms()]))
         .ctx("claiming a batch")?;
@@ -966,14 +957,15 @@ fn record_attempt(
 /// When the hook's oldest open delivery is due, if the hook may send at all: its first
 /// open batch's next attempt, or now if it has only unsent rows.
 fn next_due(conn: &Connection, hook_id: &str) -> Result<Option<Millis>, StoreError> {
-    conn.prepare_cached(&format!(
+    conn.prepare_cached(concat!(
         "SELECT coalesce(
                     (SELECT coalesce(b.next_attempt_at, 0) FROM batches b INDEXED BY batches_open
                      WHERE b.hook_id = ?1 AND b.status IN ('pending', 'failed')
                      ORDER BY b.first_seq LIMIT 1),
-                    (SELECT 0 FROM deliveries WHERE hook_id = ?1 AND seq > {} LIMIT 1))
-         FROM hooks h WHERE h.id = ?1 AND h.status = 'active' AND h.deleted_at IS NULL",
-        batched("?1")
+                    (SELECT 0 FROM deliveries WHERE hook_id = ?1 AND seq > ",
+        batched!("?1"),
+        " LIMIT 1))
+         FROM hooks h WHERE h.id = ?1 AND h.status = 'active' AND h.deleted_at IS NULL"
     ))
     .and_then(|mut s| {
         s.query_row([hook_id], |r| r.get::<_, Option<Millis>>(0))
@@ -1000,7 +992,7 @@ fn delivery_hook(
         .ctx("loading a delivery")?;
     let found = match batch {
         Some(found) => Some(found),
-        None => super::read::unsent_row(conn, id, None)?.map(|(hook, _)| (hook, "pending".into())),
+        None => super::read::unsent_row_hook(conn, id)?.map(|hook| (hook, "pending".into())),
     };
     let row: Option<(String, String, String)> = match found {
         None => None,

@@ -5,7 +5,6 @@ use std::sync::Arc;
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
-use super::ops::batched;
 use super::{Context, StoreError};
 use crate::clock::Millis;
 use crate::model::{
@@ -107,39 +106,29 @@ fn outbox_from_row(r: &Row) -> rusqlite::Result<OutboxRow> {
     })
 }
 
-/// The unsent row (hook, seq) whose derived id ([`crate::ids::delivery_id`]) is `id`,
-/// of `hook` or of any hook: among the rows of the events of the id's millisecond, each
-/// id derived again. A few rows, found through the events' key and `deliveries_by_event`.
-pub(super) fn unsent_row(
-    conn: &Connection,
-    id: &str,
-    hook: Option<&str>,
-) -> Result<Option<(String, i64)>, StoreError> {
+/// The hook of the unsent row whose derived id ([`crate::ids::delivery_id`]) is `id`:
+/// among the rows of the events of the id's millisecond, each id derived again. A few
+/// rows, found through the events' key and `deliveries_by_event`.
+pub(super) fn unsent_row_hook(conn: &Connection, id: &str) -> Result<Option<String>, StoreError> {
     let Some(ms) = crate::ids::delivery_id_ms(id) else {
         return Ok(None);
     };
     let mut stmt = conn
-        .prepare_cached(&format!(
-            "SELECT d.hook_id, d.seq, d.event_id
+        .prepare_cached(concat!(
+            "SELECT d.hook_id, d.event_id
              FROM events e CROSS JOIN deliveries d ON d.event_id = e.id
-             WHERE e.id >= ?1 AND e.id < ?2 AND (?3 IS NULL OR d.hook_id = ?3)
-               AND d.seq > {}",
-            batched("d.hook_id")
+             WHERE e.id >= ?1 AND e.id < ?2 AND d.seq > ",
+            batched!("d.hook_id")
         ))
         .ctx("finding a delivery")?;
     let from = crate::ids::id_at("evt", ms);
     let to = crate::ids::id_at("evt", ms + 1);
-    let mut rows = stmt
-        .query(params![from, to, hook])
-        .ctx("finding a delivery")?;
+    let mut rows = stmt.query(params![from, to]).ctx("finding a delivery")?;
     while let Some(r) = rows.next().ctx("finding a delivery")? {
-        let row: (String, i64, String) = (
-            r.get(0).ctx("finding a delivery")?,
-            r.get(1).ctx("finding a delivery")?,
-            r.get(2).ctx("finding a delivery")?,
-        );
-        if crate::ids::delivery_id(&row.2, &row.0) == id {
-            return Ok(Some((row.0, row.1)));
+        let hook: String = r.get(0).ctx("finding a delivery")?;
+        let event: String = r.get(1).ctx("finding a delivery")?;
+        if crate::ids::delivery_id(&event, &hook) == id {
+            return Ok(Some(hook));
         }
     }
     Ok(None)
@@ -357,11 +346,12 @@ impl Reader {
         if status.is_none_or(|s| s == DeliveryStatus::Pending) {
             let mut stmt = self
                 .conn
-                .prepare_cached(&format!(
+                .prepare_cached(concat!(
                     "SELECT seq, created_at, event_id FROM deliveries
-                     WHERE hook_id = ?1 AND seq > {} AND (?2 = 0 OR seq < ?2)
-                     ORDER BY seq DESC LIMIT ?3",
-                    batched("?1")
+                     WHERE hook_id = ?1 AND seq > ",
+                    batched!("?1"),
+                    " AND (?2 = 0 OR seq < ?2)
+                     ORDER BY seq DESC LIMIT ?3"
                 ))
                 .ctx("listing deliveries")?;
             let rows = stmt
@@ -518,13 +508,14 @@ impl Reader {
         }
         let mut stmt = self
             .conn
-            .prepare_cached(&format!(
+            .prepare_cached(concat!(
                 "SELECT d.seq, d.event_id, NULL, 0, NULL,
                         e.id, e.tenant, e.type, e.resource_id, e.data, e.created_at
                  FROM deliveries d CROSS JOIN events e ON e.id = d.event_id
-                 WHERE d.hook_id = ?1 AND d.seq > max(?2, {})
-                 ORDER BY d.seq LIMIT ?3",
-                batched("?1")
+                 WHERE d.hook_id = ?1 AND d.seq > max(?2, ",
+                batched!("?1"),
+                ")
+                 ORDER BY d.seq LIMIT ?3"
             ))
             .ctx("reading a hook's queue")?;
         let mut rows = stmt
@@ -559,17 +550,18 @@ impl Reader {
         status: Option<DeliveryStatus>,
         limit: u32,
     ) -> Result<Vec<Delivery>, StoreError> {
-        let mut ids: Vec<(String, String)> = {
+        // (id, hook, first sequence number) of each delivery: the log shows it from there.
+        let mut found: Vec<(String, String, i64)> = {
             let mut stmt = self
                 .conn
                 .prepare_cached(
-                    "SELECT id, hook_id FROM batches WHERE (?1 IS NULL OR status = ?1)
+                    "SELECT id, hook_id, first_seq FROM batches WHERE (?1 IS NULL OR status = ?1)
                      ORDER BY id DESC LIMIT ?2",
                 )
                 .ctx("listing deliveries")?;
             let rows = stmt
                 .query_map(params![status.map(|s| s.as_str()), limit], |r| {
-                    Ok((r.get(0)?, r.get(1)?))
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
                 })
                 .ctx("listing deliveries")?;
             rows.collect::<Result<_, _>>().ctx("reading deliveries")?
@@ -585,53 +577,36 @@ impl Reader {
             };
             let mut stmt = self
                 .conn
-                .prepare_cached(&format!(
-                    "SELECT event_id, hook_id FROM deliveries WHERE hook_id = ?1 AND seq > {}
-                     ORDER BY seq DESC LIMIT ?2",
-                    batched("?1")
+                .prepare_cached(concat!(
+                    "SELECT event_id, seq FROM deliveries WHERE hook_id = ?1 AND seq > ",
+                    batched!("?1"),
+                    "
+                     ORDER BY seq DESC LIMIT ?2"
                 ))
                 .ctx("listing deliveries")?;
             for hook in hooks {
                 let rows = stmt
                     .query_map(params![hook, limit], |r| {
-                        let (event, hook): (String, String) = (r.get(0)?, r.get(1)?);
-                        Ok((crate::ids::delivery_id(&event, &hook), hook))
+                        let event: String = r.get(0)?;
+                        Ok((
+                            crate::ids::delivery_id(&event, &hook),
+                            hook.clone(),
+                            r.get(1)?,
+                        ))
                     })
                     .ctx("listing deliveries")?;
                 for row in rows {
-                    ids.push(row.ctx("reading deliveries")?);
+                    found.push(row.ctx("reading deliveries")?);
                 }
             }
-            ids.sort_unstable_by(|a, b| b.0.cmp(&a.0));
-            ids.truncate(limit as usize);
+            found.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+            found.truncate(limit as usize);
         }
         let mut out = Vec::new();
-        for (id, hook_id) in ids {
-            if let Some(d) = self.delivery(&hook_id, &id)? {
-                out.push(d);
-            }
+        for (_, hook_id, seq) in found {
+            out.extend(self.deliveries(&hook_id, None, seq + 1, 1)?);
         }
         Ok(out)
-    }
-
-    /// One delivery of a hook, as the log shows it: a batch, or an unsent row.
-    pub fn delivery(&self, hook_id: &str, id: &str) -> Result<Option<Delivery>, StoreError> {
-        let batch: Option<i64> = self
-            .conn
-            .prepare_cached("SELECT first_seq FROM batches WHERE id = ?2 AND hook_id = ?1")
-            .and_then(|mut s| s.query_row(params![hook_id, id], |r| r.get(0)).optional())
-            .ctx("loading a delivery")?;
-        let seq = match batch {
-            Some(seq) => seq,
-            None => match unsent_row(&self.conn, id, Some(hook_id))? {
-                Some((_, seq)) => seq,
-                None => return Ok(None),
-            },
-        };
-        Ok(self
-            .deliveries(hook_id, None, seq + 1, 1)?
-            .into_iter()
-            .next())
     }
 
     /// Activity over the last `since` milliseconds: attempts that succeeded, that
@@ -665,15 +640,16 @@ impl Reader {
         // newest number less its last sent one (two probes per hook, not a count).
         let outbox_pending: i64 = self
             .conn
-            .prepare_cached(&format!(
+            .prepare_cached(concat!(
                 "SELECT (SELECT coalesce(sum(last_seq - first_seq + 1), 0)
                          FROM batches INDEXED BY batches_open
                          WHERE status IN ('pending', 'failed'))
                       + (SELECT coalesce(sum(max(0, coalesce((SELECT max(seq) FROM deliveries
                                                                WHERE hook_id = h.id), 0)
-                                                    - {})), 0)
-                         FROM hooks h WHERE h.deleted_at IS NULL)",
-                batched("h.id")
+                                                    - ",
+                batched!("h.id"),
+                ")), 0)
+                         FROM hooks h WHERE h.deleted_at IS NULL)"
             ))
             .and_then(|mut s| s.query_row([], |r| r.get(0)))
             .ctx("counting the outbox")?;
@@ -699,14 +675,15 @@ impl Reader {
     pub fn hooks_with_open_work(&self) -> Result<Vec<(String, bool)>, StoreError> {
         let mut stmt = self
             .conn
-            .prepare(&format!(
+            .prepare(concat!(
                 "SELECT h.id, h.consecutive_failures > 0 FROM hooks h
                  WHERE h.deleted_at IS NULL AND h.status = 'active' AND (
                      EXISTS (SELECT 1 FROM batches b INDEXED BY batches_open
                              WHERE b.hook_id = h.id AND b.status IN ('pending', 'failed'))
                      OR EXISTS (SELECT 1 FROM deliveries d
-                                WHERE d.hook_id = h.id AND d.seq > {}))",
-                batched("h.id")
+                                WHERE d.hook_id = h.id AND d.seq > ",
+                batched!("h.id"),
+                "))"
             ))
             .ctx("finding queued work")?;
         let rows = stmt

@@ -99,9 +99,9 @@ pub enum WriteOp {
         request_key: Option<(String, Vec<u8>)>,
         key_id: String,
     },
-    /// Gives the hook's never-sent open rows with sequence numbers in `seqs` (both
-    /// ends included) the batch id `batch_id` before they go out together; answers how
-    /// many it gave it to.
+    /// Forms the batch `batch_id` of the hook's unsent rows with sequence numbers in
+    /// `seqs` (both ends included) before they go out together; answers how many rows
+    /// it holds (0: the rows changed under the dispatcher, and no batch was formed).
     ClaimBatch {
         hook_id: String,
         batch_id: String,
@@ -1276,5 +1276,57 @@ mod tests {
         let mut group = vec![outcome()];
         linger(&rx, &mut group, &coming);
         assert_eq!(group.len(), 1);
+    }
+
+    /// The CLI's list of recent deliveries: a hook's unsent rows (pending, each under
+    /// its derived id) and its batches, newest first; with `pending`, the unsent only.
+    #[test]
+    fn recent_deliveries_list_unsent_rows_and_batches_newest_first() {
+        use crate::model::DeliveryStatus;
+        use crate::retry::Verdict;
+        let (dir, mut conn, secrets, mut state) = fresh_store("recent");
+        let hook = create_hook(&mut conn, &mut state, &secrets, "r.*");
+        let results = group(&mut conn, &mut state, &secrets, publishes(&["r.1", "r.2"]));
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+        let event = |seq: i64| -> String {
+            conn.query_row(
+                "SELECT event_id FROM deliveries WHERE hook_id = ?1 AND seq = ?2",
+                rusqlite::params![hook.id, seq],
+                |r| r.get(0),
+            )
+            .unwrap()
+        };
+        let (first, second) = (event(1), event(2));
+        let sent = crate::ids::delivery_id(&first, &hook.id);
+        let unsent = crate::ids::delivery_id(&second, &hook.id);
+        let recorded = group(
+            &mut conn,
+            &mut state,
+            &secrets,
+            vec![record(&hook.id, &sent, Some(1), Verdict::Delivered)],
+        );
+        assert!(recorded.iter().all(Result::is_ok), "{recorded:?}");
+
+        let reader = super::super::open_reader(&dir.join("w.db"), secrets).unwrap();
+        let listed: Vec<(String, DeliveryStatus, Vec<String>)> = reader
+            .recent_deliveries(None, 10)
+            .unwrap()
+            .into_iter()
+            .map(|d| (d.id, d.status, d.event_ids))
+            .collect();
+        assert_eq!(
+            listed,
+            [
+                (unsent.clone(), DeliveryStatus::Pending, vec![second]),
+                (sent, DeliveryStatus::Delivered, vec![first]),
+            ]
+        );
+        let pending: Vec<String> = reader
+            .recent_deliveries(Some(DeliveryStatus::Pending), 10)
+            .unwrap()
+            .into_iter()
+            .map(|d| d.id)
+            .collect();
+        assert_eq!(pending, [unsent]);
     }
 }
