@@ -544,7 +544,7 @@ impl Reader {
 
     /// The most recent deliveries of every hook (newest first), for the CLI: the newest
     /// batches, and the newest unsent rows of each live hook, merged by id (ids are
-    /// time-ordered).
+    /// time-ordered to the millisecond; within one, in no particular order).
     pub fn recent_deliveries(
         &self,
         status: Option<DeliveryStatus>,
