@@ -54,7 +54,28 @@ CREATE TABLE events (
     created_at  INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX events_by_tenant ON events (tenant, id);
-CREATE INDEX events_by_tenant_type ON events (tenant, type, id);
+
+-- Events by type, for `GET /v1/events?type=` (the "perform list" clients poll). Written
+-- behind, not with each publish: an index on events (tenant, type, id) took each
+-- commit's rows at one place per type in the middle of its tree, and SQLite rewrites a
+-- full leaf there with its two siblings and their parent, so it cost ~3.5 pages per
+-- type per commit (BENCHMARKS.md, item 38). The writer instead copies the events after
+-- meta's `types_through` (the newest event id entered here) a few times a second, sorted,
+-- in one transaction with the new `types_through`; a listing reads this table for
+-- events up to it and the events table for those after it. Event ids increase in
+-- commit order (the writer makes them, see src/ids.rs), so nothing is skipped.
+CREATE TABLE event_types (
+    tenant   TEXT NOT NULL,
+    type     TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    PRIMARY KEY (tenant, type, event_id)
+) WITHOUT ROWID;
+-- An event's entry goes with the event (retention).
+CREATE TRIGGER event_types_gone AFTER DELETE ON events BEGIN
+    DELETE FROM event_types
+    WHERE tenant = old.tenant AND type = old.type AND event_id = old.id;
+END;
+INSERT INTO meta (key, value) VALUES ('types_through', '');
 
 -- The outbox: one row per (hook, event), numbered per hook, never changed once
 -- inserted: what happened to a row is its batch's (below), so sending and recording

@@ -39,6 +39,32 @@ pub fn new_id(prefix: &str) -> String {
     encode(prefix, value)
 }
 
+/// Makes every id this process makes from now on sort after `id` (an id made by
+/// [`new_id`], e.g. the newest event in the database), even if the clock is behind the
+/// time it was made at: ids then count up within that millisecond. Other strings are
+/// ignored.
+pub fn continue_after(id: &str) {
+    let Some(value) = id.split_once('_').and_then(|(_, body)| decode(body)) else {
+        return;
+    };
+    let (ms, rand) = ((value >> 80) as u64, value & ((1u128 << 80) - 1));
+    let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
+    if (ms, rand) > *last {
+        *last = (ms, rand);
+    }
+}
+
+/// The 128-bit value of an id's 26 Crockford characters.
+fn decode(body: &str) -> Option<u128> {
+    if body.len() != 26 {
+        return None;
+    }
+    body.bytes().try_fold(0u128, |acc, c| {
+        let digit = CROCKFORD.iter().position(|x| *x == c)?;
+        acc.checked_mul(32)?.checked_add(digit as u128)
+    })
+}
+
 /// The smallest id with `prefix` made at `ms`: every id made earlier sorts below it,
 /// which lets retention find old rows through the primary key alone.
 pub fn id_at(prefix: &str, ms: i64) -> String {
@@ -145,5 +171,21 @@ mod tests {
             Some(1_700_000_000_123)
         );
         assert_eq!(time_of("evt_short"), None);
+    }
+
+    #[test]
+    fn ids_continue_after_a_given_one() {
+        let a = new_id("evt");
+        let value = decode(&a[4..]).unwrap();
+        assert_eq!(encode("evt", value), a, "decode undoes encode");
+        // Later in the same millisecond (a clock that is behind looks the same): the
+        // next id counts up from it.
+        let ahead = encode("evt", value + 1000);
+        continue_after(&ahead);
+        let next = new_id("evt");
+        assert!(next > ahead, "{next} should sort after {ahead}");
+        continue_after("evt_not-an-id");
+        continue_after("");
+        assert!(new_id("evt") > next);
     }
 }

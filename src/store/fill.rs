@@ -174,6 +174,13 @@ fn fill(conn: &mut Connection, hooks: &[String], rows: u64) -> Result<Vec<u64>, 
             )));
         }
     }
+    // Events the writer had not yet entered into the type index (a crash) go in first:
+    // the fill's own rows are entered as they are made.
+    {
+        let tx = conn.transaction().ctx("starting a fill transaction")?;
+        super::ops::index_types(&tx)?;
+        tx.commit().ctx("committing a fill transaction")?;
+    }
     let h = hooks.len() as i64;
     let total = rows as i64;
     // After every row already there (ids and times), within the last hour, before now.
@@ -211,6 +218,15 @@ fn fill(conn: &mut Connection, hooks: &[String], rows: u64) -> Result<Vec<u64>, 
             rows_sql(
                 "INSERT INTO events (id, tenant, type, resource_id, data, created_at)",
                 "'evt_' || {id}, h.tenant, h.type, 'fill', ?7, n.ms",
+            ),
+        ),
+        // The type index, as the writer would have entered them (`ops::index_types`);
+        // `types_through` moves past them in the same transaction, below.
+        (
+            "filling the type index",
+            rows_sql(
+                "INSERT INTO event_types (tenant, type, event_id)",
+                "h.tenant, h.type, 'evt_' || {id}",
             ),
         ),
         (
@@ -269,6 +285,11 @@ fn fill(conn: &mut Connection, hooks: &[String], rows: u64) -> Result<Vec<u64>, 
             params![end, h],
         )
         .ctx("advancing the hooks' sequences")?;
+        tx.execute(
+            "UPDATE meta SET value = (SELECT max(id) FROM events) WHERE key = 'types_through'",
+            [],
+        )
+        .ctx("advancing the type index")?;
         tx.commit().ctx("committing a fill transaction")?;
         first = end;
     }

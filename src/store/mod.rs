@@ -199,6 +199,25 @@ const MIGRATIONS: &[&str] = &[
      CREATE INDEX events_by_tenant ON events (tenant, id);
      CREATE INDEX events_by_tenant_type ON events (tenant, type, id);
      CREATE INDEX deliveries_by_event ON deliveries (event_id);",
+    // 6: events by type move from an index written with every publish to a table the
+    // writer fills behind (schema.sql, `event_types`), filled here from the index, in
+    // its order, before the index goes.
+    "CREATE TABLE event_types (
+    tenant   TEXT NOT NULL,
+    type     TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    PRIMARY KEY (tenant, type, event_id)
+) WITHOUT ROWID;
+     INSERT INTO event_types (tenant, type, event_id)
+         SELECT tenant, type, id FROM events INDEXED BY events_by_tenant_type
+         ORDER BY tenant, type, id;
+     INSERT OR REPLACE INTO meta (key, value)
+         VALUES ('types_through', coalesce((SELECT max(id) FROM events), ''));
+     DROP INDEX events_by_tenant_type;
+     CREATE TRIGGER event_types_gone AFTER DELETE ON events BEGIN
+    DELETE FROM event_types
+    WHERE tenant = old.tenant AND type = old.type AND event_id = old.id;
+END;",
 ];
 
 /// Bytes the WAL file is truncated back to after a checkpoint.
@@ -822,6 +841,8 @@ mod tests {
         conn.execute_batch(
             "DROP TABLE batches;
              DROP TABLE deliveries;
+             DROP TABLE event_types;
+             DELETE FROM meta WHERE key = 'types_through';
              DROP TABLE events;
              CREATE TABLE events (
                  id          TEXT PRIMARY KEY,
@@ -892,6 +913,30 @@ mod tests {
         assert_eq!(version, SCHEMA_VERSION);
         assert_eq!(schema_of(conn), expected);
         assert_eq!(events(conn), events_before, "every event kept as it was");
+        // Every event in the type index, which goes on after the newest.
+        let indexed: Vec<String> = conn
+            .prepare("SELECT json_array(tenant, type, event_id) FROM event_types")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(
+            indexed,
+            [
+                r#"["default","a","ev_1"]"#,
+                r#"["default","a","ev_2"]"#,
+                r#"["default","a","ev_3"]"#,
+            ]
+        );
+        let through: String = conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'types_through'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(through, "ev_3");
         let all = |sql: &str| -> Vec<String> {
             let mut stmt = conn.prepare(sql).unwrap();
             let rows = stmt.query_map([], |r| r.get(0)).unwrap();

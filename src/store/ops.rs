@@ -1148,6 +1148,36 @@ fn prune(conn: &Connection, cutoff: Millis, limit: u32) -> Result<u64, StoreErro
     Ok(deliveries.max(attempts).max(events).max(keys) as u64)
 }
 
+/// Enters the events after meta's `types_through` into `event_types`, sorted, and moves
+/// `types_through` to the newest event: the type index written behind (schema.sql).
+/// Returns how many events it entered. The caller commits both together.
+pub(super) fn index_types(conn: &Connection) -> Result<usize, StoreError> {
+    let entered = conn
+        .prepare_cached(
+            "INSERT OR IGNORE INTO event_types (tenant, type, event_id)
+                 SELECT tenant, type, id FROM events
+                 WHERE id > (SELECT value FROM meta WHERE key = 'types_through')",
+        )
+        .and_then(|mut s| s.execute([]))
+        .ctx("indexing events by type")?;
+    if entered > 0 {
+        conn.prepare_cached(
+            "UPDATE meta SET value = (SELECT max(id) FROM events) WHERE key = 'types_through'",
+        )
+        .and_then(|mut s| s.execute([]))
+        .ctx("indexing events by type")?;
+    }
+    Ok(entered)
+}
+
+/// The newest event's id, if any: the writer's ids continue after it, whatever the
+/// clock did while hookd was stopped (`types_through` relies on ids rising).
+pub(super) fn newest_event(conn: &Connection) -> Result<Option<String>, StoreError> {
+    conn.prepare_cached("SELECT max(id) FROM events")
+        .and_then(|mut s| s.query_row([], |r| r.get(0)))
+        .ctx("reading the newest event")
+}
+
 /// What the fan-out index keeps of a live hook.
 pub(super) struct LiveHook {
     pub id: String,

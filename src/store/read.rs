@@ -51,6 +51,10 @@ pub(super) fn hook_from_row(r: &Row, secrets: &SecretBox) -> rusqlite::Result<Ho
 }
 
 const EVENT_COLUMNS: &str = "id, tenant, type, resource_id, data, created_at";
+/// [`EVENT_COLUMNS`] of `events e` found through `event_types t`: the id is taken from
+/// `t`, whose key SQLite then knows the rows come in (from `e` it would sort them all).
+const EVENT_COLUMNS_BY_TYPE: &str =
+    "t.event_id, e.tenant, e.type, e.resource_id, e.data, e.created_at";
 
 fn event_from_row(r: &Row) -> rusqlite::Result<Event> {
     event_at(r, 0)
@@ -308,12 +312,29 @@ impl Reader {
         limit: u32,
         routed_only: bool,
     ) -> Result<Vec<Event>, StoreError> {
-        let sql = format!(
-            "SELECT {EVENT_COLUMNS} FROM events e
-             WHERE tenant = ?1 AND (?2 IS NULL OR type = ?2) AND (?3 = '' OR id < ?3)
-               AND (?4 = 0 OR EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id))
-             ORDER BY id DESC LIMIT ?5"
-        );
+        // Every event id sorts below "evt_~", so the cursor is always a range bound
+        // (`?3 = '' OR id < ?3` would make SQLite walk from the newest event each page).
+        let before = if before.is_empty() { "evt_~" } else { before };
+        let routed = "(?4 = 0 OR EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id))";
+        let sql = match event_type {
+            None => format!(
+                "SELECT {EVENT_COLUMNS} FROM events e
+                 WHERE tenant = ?1 AND id < ?3 AND {routed}
+                 ORDER BY id DESC LIMIT ?5"
+            ),
+            // The type index holds the events up to `types_through`; the few after it
+            // (written behind: schema.sql) are read from the events themselves. One
+            // statement, so both parts see the same snapshot.
+            Some(_) => format!(
+                "SELECT {EVENT_COLUMNS} FROM events e
+                 WHERE id > (SELECT value FROM meta WHERE key = 'types_through') AND id < ?3
+                   AND tenant = ?1 AND type = ?2 AND {routed}
+                 UNION ALL
+                 SELECT {EVENT_COLUMNS_BY_TYPE} FROM event_types t JOIN events e ON e.id = t.event_id
+                 WHERE t.tenant = ?1 AND t.type = ?2 AND t.event_id < ?3 AND {routed}
+                 ORDER BY 1 DESC LIMIT ?5"
+            ),
+        };
         let mut stmt = self.conn.prepare_cached(&sql).ctx("listing events")?;
         let rows = stmt
             .query_map(

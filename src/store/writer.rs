@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use rusqlite::{Connection, TransactionBehavior};
 
 use super::reply::ReplySender;
@@ -25,8 +25,8 @@ use crate::secrets::SecretBox;
 const MAX_GROUP: usize = 512;
 /// WAL pages after which the writer checkpoints (SQLite's own default is 1,000). A
 /// checkpoint writes each page once however many commits changed it, and a commit of
-/// many hooks' rows changes the same few pages of each hook's queue and of each event
-/// type's index entries again and again: 16,000 pages (64 MiB) write each of them once
+/// many hooks' rows changes the same few pages of each hook's queue again and again:
+/// 16,000 pages (64 MiB) write each of them once
 /// where 1,000 wrote them at nearly every commit (batch_max 100 to 100 hooks:
 /// 67.7–69.9k against 78.7–84.4k events/s, 3 pairs).
 const CHECKPOINT_PAGES: i32 = 16_000;
@@ -36,6 +36,11 @@ const CHECKPOINT_PAGES: i32 = 16_000;
 /// client sees, and a fan-out's outcomes share a few commits instead of one each.
 const OUTCOME_LINGER: Duration = Duration::from_millis(1);
 const OUTCOME_GROUP: usize = 64;
+/// How long an event may wait to enter the type index (`event_types`, written behind:
+/// schema.sql). A listing by type finds it meanwhile by reading the events after
+/// `types_through`, at most this long's worth; each type's entries are inserted once per
+/// interval instead of once per commit.
+const TYPES_EVERY: Duration = Duration::from_millis(250);
 
 /// The writer's nice value. It is the one thread every publish and every delivery
 /// outcome waits for: while the kernel runs a connection thread or a dispatcher instead
@@ -317,9 +322,35 @@ pub fn run(
         // Without the hook SQLite's automatic checkpoint stays: slower answers, same data.
         log::warn!("writer: cannot watch the WAL, SQLite checkpoints by itself: {e}");
     }
+    // Event ids rise in commit order, even across a restart with the clock behind:
+    // the type index (`index_types`) relies on it.
+    match ops::newest_event(&conn) {
+        Ok(Some(id)) => crate::ids::continue_after(&id),
+        Ok(None) => {}
+        Err(e) => log::warn!("writer: {e}"),
+    }
+    // Events committed after the last entry of the type index (a stop) go in now.
+    let mut types_due = index_types(&mut conn)
+        .err()
+        .map(|_| Instant::now() + TYPES_EVERY);
     let mut group: Vec<Request> = Vec::with_capacity(MAX_GROUP);
     let mut failing = false;
-    while let Ok(first) = requests.recv() {
+    loop {
+        let first = match types_due {
+            // Idle with events not yet in the type index: enter them when due.
+            Some(due) => match requests.recv_deadline(due) {
+                Ok(r) => r,
+                Err(RecvTimeoutError::Timeout) => {
+                    types_due = index_types(&mut conn).err().map(|_| due + TYPES_EVERY);
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            },
+            None => match requests.recv() {
+                Ok(r) => r,
+                Err(_) => break,
+            },
+        };
         group.push(first);
         while group.len() < MAX_GROUP {
             match requests.try_recv() {
@@ -329,7 +360,16 @@ pub fn run(
         }
         linger(&requests, &mut group, &outcomes_coming);
         let checkpoint = group.iter().any(|r| matches!(r.op, WriteOp::Checkpoint));
+        let published = group
+            .iter()
+            .any(|r| matches!(r.op, WriteOp::Publish { .. }));
         let result = commit_group(&mut conn, &mut state, &secrets, &mut group, &wakeups);
+        if published && result.is_ok() && types_due.is_none() {
+            types_due = Some(Instant::now() + TYPES_EVERY);
+        }
+        if let Some(due) = types_due.filter(|due| Instant::now() >= *due) {
+            types_due = index_types(&mut conn).err().map(|_| due + TYPES_EVERY);
+        }
         // A storage fault (disk full, I/O error) is logged once when it starts and once
         // when it ends, not once per request; callers get 503 meanwhile.
         if result.is_err() {
@@ -365,7 +405,29 @@ pub fn run(
             }
         }
     }
+    if types_due.is_some() {
+        let _ = index_types(&mut conn);
+    }
     log::debug!("writer: queue closed, stopping");
+}
+
+/// Enters the events committed since the last time into the type index, in a
+/// transaction of its own (`ops::index_types`). A failure is logged; the caller tries
+/// again later, and listings find the events meanwhile.
+fn index_types(conn: &mut Connection) -> Result<usize, StoreError> {
+    let run = |conn: &mut Connection| {
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .ctx("indexing events by type")?;
+        let entered = ops::index_types(&tx)?;
+        tx.commit().ctx("indexing events by type")?;
+        Ok(entered)
+    };
+    let result = run(conn);
+    if let Err(e) = &result {
+        log::warn!("writer: {e}; trying again later");
+    }
+    result
 }
 
 /// Gives the calling (writer) thread [`WRITER_NICE`] if the process may.
@@ -1329,5 +1391,60 @@ mod tests {
             .map(|d| d.id)
             .collect();
         assert_eq!(pending, [unsent]);
+    }
+
+    /// A listing by type reads the type index up to `types_through` and the events after
+    /// it: the same events, newest first, before and after the writer enters them, with
+    /// a cursor on either side of the boundary; an event's entry leaves with it.
+    #[test]
+    fn a_type_listing_reads_the_index_written_behind_and_the_events_after_it() {
+        let (dir, mut conn, secrets, mut state) = fresh_store("types");
+        let two_of_each = || publishes(&["t.a", "t.b", "t.a", "t.b"]);
+        let done = group(&mut conn, &mut state, &secrets, two_of_each());
+        assert!(done.iter().all(Result::is_ok), "{done:?}");
+        assert_eq!(index_types(&mut conn).unwrap(), 4);
+        assert_eq!(index_types(&mut conn).unwrap(), 0, "nothing new");
+        let done = group(&mut conn, &mut state, &secrets, two_of_each());
+        assert!(done.iter().all(Result::is_ok), "{done:?}");
+        let ids = |event_type: &str| -> Vec<String> {
+            let mut stmt = conn
+                .prepare("SELECT id FROM events WHERE type = ?1 ORDER BY id DESC")
+                .unwrap();
+            let rows = stmt.query_map([event_type], |r| r.get(0)).unwrap();
+            rows.map(Result::unwrap).collect()
+        };
+        let (a, b) = (ids("t.a"), ids("t.b"));
+        assert_eq!((a.len(), b.len()), (4, 4));
+
+        let reader = super::super::open_reader(&dir.join("w.db"), secrets).unwrap();
+        let list = |event_type: &str, before: &str, limit: u32| -> Vec<String> {
+            reader
+                .list_events("default", Some(event_type), before, limit, false)
+                .unwrap()
+                .into_iter()
+                .map(|e| e.id)
+                .collect()
+        };
+        // a[0], a[1] are after `types_through`; a[2], a[3] in the index.
+        for pass in 0..2 {
+            assert_eq!(list("t.a", "", 10), a);
+            assert_eq!(list("t.b", "", 10), b);
+            assert_eq!(list("t.a", "", 3), a[..3]);
+            assert_eq!(list("t.a", &a[0], 2), a[1..3], "a page across the boundary");
+            assert_eq!(list("t.a", &a[2], 10), a[3..]);
+            assert_eq!(list("t.c", "", 10), Vec::<String>::new());
+            // Then entered: the same answers from the index alone.
+            let due = if pass == 0 { 4 } else { 0 };
+            assert_eq!(index_types(&mut conn).unwrap(), due);
+        }
+        let entries = |conn: &Connection| -> i64 {
+            conn.query_row("SELECT count(*) FROM event_types", [], |r| r.get(0))
+                .unwrap()
+        };
+        assert_eq!(entries(&conn), 8);
+        conn.execute("DELETE FROM events WHERE id = ?1", [&a[3]])
+            .unwrap();
+        assert_eq!(entries(&conn), 7, "the entry left with its event");
+        assert_eq!(list("t.a", "", 10), a[..3]);
     }
 }
