@@ -74,7 +74,13 @@ impl<H> Default for TenantIndex<H> {
 
 impl<H: Clone + Eq + std::hash::Hash> TenantIndex<H> {
     pub fn insert(&mut self, hook: H, patterns: &[String]) {
+        // A pattern given twice lists the hook once: each list then holds a hook at
+        // most once, which `matching` relies on.
+        let mut seen = HashSet::new();
         for p in patterns {
+            if !seen.insert(p.as_str()) {
+                continue;
+            }
             if p == "*" {
                 self.any.push(hook.clone());
             } else if let Some(prefix) = p.strip_suffix('*') {
@@ -104,27 +110,37 @@ impl<H: Clone + Eq + std::hash::Hash> TenantIndex<H> {
     /// Every hook with a pattern matching `event_type`, each once, in no set order.
     /// Costs one lookup per dot in the type, whatever the number of hooks.
     pub fn matching(&self, event_type: &str) -> Vec<H> {
-        let mut seen = HashSet::new();
-        let mut out = Vec::new();
-        let mut push = |list: &Vec<H>| {
-            for h in list {
-                if seen.insert(h.clone()) {
-                    out.push(h.clone());
-                }
-            }
-        };
-        push(&self.any);
+        let mut lists: Vec<&Vec<H>> = Vec::new();
+        if !self.any.is_empty() {
+            lists.push(&self.any);
+        }
         if let Some(list) = self.exact.get(event_type) {
-            push(list);
+            lists.push(list);
         }
         for (i, c) in event_type.char_indices() {
             if c == '.' {
                 if let Some(list) = self.prefix.get(&event_type[..=i]) {
-                    push(list);
+                    lists.push(list);
                 }
             }
         }
-        out
+        match lists.as_slice() {
+            [] => Vec::new(),
+            // The usual case (one pattern per hook, or all alike): a list holds each
+            // hook once, so there is nothing to remove twice (a set of 10,000 ids was
+            // most of a big fan-out's matching).
+            [only] => only.to_vec(),
+            _ => {
+                let mut seen = HashSet::new();
+                let mut out = Vec::new();
+                for h in lists.into_iter().flatten() {
+                    if seen.insert(h) {
+                        out.push(h.clone());
+                    }
+                }
+                out
+            }
+        }
     }
 }
 
@@ -159,12 +175,20 @@ mod tests {
             (3, vec!["*".into()]),
             (4, vec!["item.sub.*".into(), "item.create".into()]),
             (5, vec!["order.*".into()]),
+            (6, vec!["pay.done".into(), "pay.done".into()]),
         ];
         let mut idx = TenantIndex::default();
         for (h, p) in &hooks {
             idx.insert(*h, p);
         }
-        for t in ["item.create", "item.sub.x", "order.paid", "other", "item"] {
+        for t in [
+            "item.create",
+            "item.sub.x",
+            "order.paid",
+            "other",
+            "item",
+            "pay.done",
+        ] {
             let mut got = idx.matching(t);
             got.sort();
             let want: Vec<u32> = hooks
@@ -176,5 +200,9 @@ mod tests {
         }
         idx.remove(&4);
         assert_eq!(idx.matching("item.sub.x"), vec![3, 2]);
+        // A pattern given twice, matched through one list alone: the hook once.
+        let mut one = TenantIndex::default();
+        one.insert(6, &hooks[5].1);
+        assert_eq!(one.matching("pay.done"), vec![6]);
     }
 }

@@ -2,6 +2,7 @@
 //! savepoint of it) and reports what must happen after the commit through `Effects`.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use rusqlite::{params, Connection, OptionalExtension, ToSql};
 use serde_json::json;
@@ -611,7 +612,7 @@ fn publish_rows<'a>(
     // Consecutive events of one tenant and type (the usual array) match the same hooks:
     // matching once per run of them saves the writer a lookup and a list per event.
     let mut run: Option<(&str, &str)> = None;
-    let mut hooks: Vec<String> = Vec::new();
+    let mut hooks: Vec<Arc<str>> = Vec::new();
     for (i, event) in events.iter().enumerate() {
         if i > 0 {
             body.push(',');
@@ -674,16 +675,17 @@ impl PublishRows<'_> {
 
 struct DeliveryRow {
     created_at: Millis,
-    hook_id: String,
+    hook_id: Arc<str>,
     seq: i64,
-    event_id: String,
+    /// Shared by the event's rows.
+    event_id: Arc<str>,
 }
 
 /// Numbers and queues one event for `hooks` (the hooks its tenant and type match);
 /// returns its id and how many of them it was queued for.
 fn fan_out<'a>(
     index: &FanoutIndex,
-    hooks: &[String],
+    hooks: &[Arc<str>],
     event: &'a NewEvent,
     now: Millis,
     rows: &mut PublishRows<'a>,
@@ -691,6 +693,7 @@ fn fan_out<'a>(
 ) -> (String, u64) {
     let id = new_id("evt");
     rows.events.push((id.clone(), event, now));
+    let shared_id: Arc<str> = id.as_str().into();
     let mut matched = 0;
     for hook_id in hooks {
         // The index knows which hooks may receive (not pending, not deleted) and their
@@ -710,7 +713,7 @@ fn fan_out<'a>(
             }
             None => {
                 fx.seqs.insert(hook_id.clone(), slot.last_seq + 1);
-                fx.new_work.push(hook_id.clone());
+                fx.new_work.push(hook_id.to_string());
                 slot.last_seq + 1
             }
         };
@@ -718,7 +721,7 @@ fn fan_out<'a>(
             created_at: now,
             hook_id: hook_id.clone(),
             seq,
-            event_id: id.clone(),
+            event_id: shared_id.clone(),
         });
         matched += 1;
     }

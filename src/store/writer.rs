@@ -179,7 +179,7 @@ pub struct Request {
 pub(super) struct Effects {
     pub index: Vec<IndexChange>,
     /// The last sequence number this op gave each hook.
-    pub seqs: HashMap<String, i64>,
+    pub seqs: HashMap<Arc<str>, i64>,
     pub new_work: Vec<String>,
     pub reset: Vec<String>,
 }
@@ -203,8 +203,10 @@ pub(super) enum IndexChange {
 /// publish needs to know of each hook without touching its row.
 #[derive(Default)]
 pub(super) struct FanoutIndex {
-    tenants: HashMap<String, TenantIndex<String>>,
-    slots: HashMap<String, Slot>,
+    /// Hook ids are shared (`Arc<str>`): a publish copies one into each delivery row it
+    /// makes, and a fan-out to 10,000 hooks makes 10,000.
+    tenants: HashMap<String, TenantIndex<Arc<str>>>,
+    slots: HashMap<Arc<str>, Slot>,
 }
 
 /// A live hook as the fan-out sees it.
@@ -242,6 +244,7 @@ impl FanoutIndex {
                 eligible,
                 batch_max,
             } => {
+                let hook_id: Arc<str> = hook_id.into();
                 let slot = self.slots.entry(hook_id.clone()).or_insert(Slot {
                     eligible,
                     batch_max,
@@ -254,9 +257,9 @@ impl FanoutIndex {
                 t.insert(hook_id, &patterns);
             }
             IndexChange::Remove { tenant, hook_id } => {
-                self.slots.remove(&hook_id);
+                self.slots.remove(hook_id.as_str());
                 if let Some(t) = self.tenants.get_mut(&tenant) {
-                    t.remove(&hook_id);
+                    t.remove(&Arc::from(hook_id));
                     if t.is_empty() {
                         self.tenants.remove(&tenant);
                     }
@@ -282,7 +285,7 @@ impl FanoutIndex {
     }
 
     /// Candidate hooks for an event; see [`FanoutIndex::slot`] for which may receive.
-    pub fn matching(&self, tenant: &str, event_type: &str) -> Vec<String> {
+    pub fn matching(&self, tenant: &str, event_type: &str) -> Vec<Arc<str>> {
         self.tenants
             .get(tenant)
             .map(|t| t.matching(event_type))
