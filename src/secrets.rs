@@ -144,8 +144,7 @@ mod tests {
 
     #[test]
     fn key_file_is_created_0600_once_and_required_after() {
-        let dir = std::env::temp_dir().join(format!("hookd-key-{}", crate::ids::new_id("t")));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::store::test_dir("key");
         let path = dir.join("hookd.key");
         assert!(SecretBox::load_or_create(&path, false).is_err());
         let a = SecretBox::load_or_create(&path, true).unwrap();
@@ -158,6 +157,5 @@ mod tests {
             let mode = std::fs::metadata(&path).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
         }
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

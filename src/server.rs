@@ -70,6 +70,10 @@ pub fn run(config: Config) -> Result<(), Error> {
     let stopping = Arc::new(AtomicBool::new(false));
     let store = Store::new(write_tx, config.enqueue_timeout);
 
+    // Events the writer committed, kept for the dispatchers' queue reads (store/recent.rs).
+    let recent = Arc::new(store::recent::RecentEvents::new(
+        store::recent::DEFAULT_BUDGET,
+    ));
     let writer_conn = opened.writer_conn;
     let writer_secrets = secrets.clone();
     let outcomes_coming = store.outcome_count();
@@ -133,6 +137,7 @@ pub fn run(config: Config) -> Result<(), Error> {
         slow: slow_tx,
     };
     let resync_every = config.resync_interval;
+    let scheduler_recent = recent.clone();
     let scheduler = spawn("scheduler".into(), move || {
         dispatch::run_scheduler(
             scheduler_reader,
@@ -141,6 +146,7 @@ pub fn run(config: Config) -> Result<(), Error> {
             lanes,
             stop_rx,
             resync_every,
+            scheduler_recent,
         )
     })?;
     let shared = worker::Shared {
@@ -164,7 +170,7 @@ pub fn run(config: Config) -> Result<(), Error> {
             worker::Lanes::Fast(fast_rx.clone())
         };
         let (shared, done) = (shared.clone(), done_tx.clone());
-        let reader = reader()?;
+        let reader = reader()?.with_recent(recent.clone());
         let finished = finished_tx.clone();
         dispatchers.push(spawn(format!("dispatch-{i}"), move || {
             worker::run(shared, reader, lanes, done);

@@ -20,11 +20,13 @@ pub mod worker;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crossbeam_channel::{select, Receiver, Sender};
 
 use crate::clock::{now_ms, Millis};
+use crate::store::recent::RecentEvents;
 use crate::store::writer::Wakeup;
 use crate::store::Reader;
 
@@ -176,6 +178,7 @@ pub fn run_scheduler(
     jobs: LaneSenders,
     stop: Receiver<()>,
     resync_every: Duration,
+    recent: Arc<RecentEvents>,
 ) {
     let mut schedule = Schedule::default();
     let mut last_sync: Option<std::time::Instant> = None;
@@ -207,6 +210,7 @@ pub fn run_scheduler(
         let timeout = schedule.sleep_for(now_ms());
         select! {
             recv(wakeups) -> msg => match msg {
+                Ok(Wakeup::Published(events)) => recent.add(events),
                 Ok(Wakeup::NewWork(hooks)) => hooks.into_iter().for_each(|h| schedule.wake(h, false, now_ms())),
                 Ok(Wakeup::Reset(hooks)) => hooks.into_iter().for_each(|h| schedule.wake(h, true, now_ms())),
                 Err(_) => return,

@@ -298,7 +298,7 @@ fn attempt(
     after_failures: bool,
 ) -> (AttemptRecord, retry::Verdict) {
     let numbered: Vec<(i64, &crate::model::Event)> =
-        batch.iter().map(|q| (q.row.seq, &q.event)).collect();
+        batch.iter().map(|q| (q.row.seq, &*q.event)).collect();
     let body = payload::build(hook, &numbered);
 
     let timestamp = now_ms() / 1000;
@@ -416,7 +416,10 @@ fn reread(reader: &Reader, batch_id: &str) -> Result<Claimed, StoreError> {
     Ok(Claimed::Reread(
         rows.into_iter()
             .zip(events)
-            .map(|(row, event)| Queued { row, event })
+            .map(|(row, event)| Queued {
+                row,
+                event: Arc::new(event),
+            })
             .collect(),
     ))
 }

@@ -341,10 +341,10 @@ mod tests {
     use std::path::PathBuf;
 
     /// A database made by `store::open`, with `n` active hooks created through the
-    /// store's own write path; returns the database path and the hook ids.
-    fn database_with_hooks(n: usize) -> (PathBuf, Vec<String>) {
-        let dir = std::env::temp_dir().join(format!("hookd-fill-{}", crate::ids::new_id("t")));
-        std::fs::create_dir_all(&dir).unwrap();
+    /// store's own write path; returns its directory (removed when dropped), the database
+    /// path and the hook ids.
+    fn database_with_hooks(n: usize) -> (crate::store::TestDir, PathBuf, Vec<String>) {
+        let dir = crate::store::test_dir("fill");
         let db = dir.join("hookd.db");
         let key = dir.join("hookd.key");
         drop(crate::store::open(&db, &key).unwrap());
@@ -376,7 +376,7 @@ mod tests {
                 id
             })
             .collect();
-        (db, ids)
+        (dir, db, ids)
     }
 
     /// (id, hook_id, seq, event_id, batch id, batch status, attempts, next_attempt_at,
@@ -423,7 +423,7 @@ mod tests {
 
     #[test]
     fn fill_appends_delivered_rows_that_continue_every_hooks_sequence() {
-        let (db, hooks) = database_with_hooks(2);
+        let (_dir, db, hooks) = database_with_hooks(2);
         let before = now_ms();
         let size_before = std::fs::metadata(&db).unwrap().len();
         let stats = fill_delivered(&db, &hooks, 1000).unwrap();
@@ -528,7 +528,6 @@ mod tests {
         drop(conn);
         // And the store opens it as ever.
         drop(crate::store::open(&db, &db.with_file_name("hookd.key")).unwrap());
-        let _ = std::fs::remove_dir_all(db.parent().unwrap());
     }
 
     /// Writes an event and its row `seq` of `hook`, as a publish would, behind the store.
@@ -550,7 +549,7 @@ mod tests {
 
     #[test]
     fn fill_continues_after_a_hooks_newest_row_when_last_seq_lags() {
-        let (db, hooks) = database_with_hooks(1);
+        let (_dir, db, hooks) = database_with_hooks(1);
         let conn = Connection::open(&db).unwrap();
         let dlv = crate::ids::new_id("dlv");
         queue_row(&conn, &hooks[0], 7);
@@ -570,12 +569,11 @@ mod tests {
         assert_eq!(seqs, vec![7, 8, 9, 10]);
         assert!(rows[1].0 > dlv, "filled ids sort after every existing one");
         drop(conn);
-        let _ = std::fs::remove_dir_all(db.parent().unwrap());
     }
 
     #[test]
     fn fill_refuses_a_file_a_server_holds_and_unknown_hooks() {
-        let (db, hooks) = database_with_hooks(1);
+        let (_dir, db, hooks) = database_with_hooks(1);
         let held = crate::store::open(&db, &db.with_file_name("hookd.key")).unwrap();
         let err = fill_delivered(&db, &hooks, 10).unwrap_err();
         assert!(err.to_string().contains("in use"), "{err}");
@@ -595,6 +593,5 @@ mod tests {
         assert_eq!(count(&conn, "SELECT count(*) FROM deliveries"), 1);
         assert_eq!(count(&conn, "SELECT count(*) FROM batches"), 0);
         drop(conn);
-        let _ = std::fs::remove_dir_all(db.parent().unwrap());
     }
 }

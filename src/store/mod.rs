@@ -22,6 +22,7 @@ macro_rules! batched {
 pub mod fill;
 mod ops;
 pub mod read;
+pub mod recent;
 pub mod reply;
 pub mod writer;
 
@@ -780,16 +781,31 @@ pub(crate) fn count_with(conn: &Connection, sql: &str, arg: &str) -> i64 {
     result.unwrap()
 }
 
-/// A new, empty directory for one test's database files.
+/// A new, empty directory for one test's files, removed with everything in it when the
+/// test is done with it (dropped), so test runs leave nothing behind.
 #[cfg(test)]
-pub(crate) fn test_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "hookd-{name}-{}-{}",
-        std::process::id(),
-        crate::clock::now_ms()
-    ));
+pub(crate) fn test_dir(name: &str) -> TestDir {
+    let dir = std::env::temp_dir().join(format!("hookd-{name}-{}", crate::ids::new_id("t")));
     std::fs::create_dir_all(&dir).unwrap();
-    dir
+    TestDir(dir)
+}
+
+#[cfg(test)]
+pub(crate) struct TestDir(PathBuf);
+
+#[cfg(test)]
+impl std::ops::Deref for TestDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+#[cfg(test)]
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 #[cfg(test)]
@@ -989,6 +1005,5 @@ mod tests {
             ["dl_2", "dl_4"]
         );
         drop(migrated);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -639,6 +639,10 @@ fn publish_rows<'a>(
         if let Some((key, hash)) = &field_key {
             remember(conn, key, hash, &body[start..])?;
         }
+        if n > 0 {
+            // For the dispatchers' memory of recent events, once committed (recent.rs).
+            fx.published.push((i, id, now));
+        }
     }
     if array {
         body.push(']');

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
+use super::recent::RecentEvents;
 use super::{Context, StoreError};
 use crate::clock::Millis;
 use crate::model::{
@@ -97,7 +98,8 @@ pub struct OutboxRow {
 #[derive(Debug, Clone)]
 pub struct Queued {
     pub row: OutboxRow,
-    pub event: Event,
+    /// Shared with the recent events in memory when it came from there (recent.rs).
+    pub event: Arc<Event>,
 }
 
 fn outbox_from_row(r: &Row) -> rusqlite::Result<OutboxRow> {
@@ -146,11 +148,13 @@ fn take_queued(
     out: &mut Vec<Queued>,
     bytes: &mut usize,
     full: &dyn Fn(usize, usize) -> bool,
+    event: &dyn Fn(&str) -> Result<Arc<Event>, StoreError>,
 ) -> Result<bool, StoreError> {
     while let Some(r) = rows.next().ctx("reading a hook's queue")? {
+        let row = outbox_from_row(r).ctx("reading a hook's queue")?;
         let q = Queued {
-            row: outbox_from_row(r).ctx("reading a hook's queue")?,
-            event: event_at(r, 5).ctx("reading an event")?,
+            event: event(&row.event_id)?,
+            row,
         };
         *bytes += q.event.data.len();
         out.push(q);
@@ -164,6 +168,8 @@ fn take_queued(
 pub struct Reader {
     conn: Connection,
     secrets: Arc<SecretBox>,
+    /// The events the writer committed lately (a dispatcher's reader only).
+    recent: Option<Arc<RecentEvents>>,
 }
 
 /// A read transaction of [`Reader::snapshot`]; rolled back when dropped before it ended.
@@ -184,7 +190,31 @@ impl Drop for OpenRead<'_> {
 
 impl Reader {
     pub(super) fn new(conn: Connection, secrets: Arc<SecretBox>) -> Reader {
-        Reader { conn, secrets }
+        Reader {
+            conn,
+            secrets,
+            recent: None,
+        }
+    }
+
+    /// This reader takes queued rows' events from `recent` when they are there.
+    pub fn with_recent(mut self, recent: Arc<RecentEvents>) -> Reader {
+        self.recent = Some(recent);
+        self
+    }
+
+    /// A queued row's event: from memory when it is there, else from the file.
+    fn queued_event(&self, id: &str) -> Result<Arc<Event>, StoreError> {
+        if let Some(e) = self.recent.as_ref().and_then(|r| r.get(id)) {
+            return Ok(e);
+        }
+        self.conn
+            .prepare_cached(
+                "SELECT id, tenant, type, resource_id, data, created_at FROM events WHERE id = ?1",
+            )
+            .and_then(|mut s| s.query_row([id], event_from_row))
+            .map(Arc::new)
+            .ctx("reading an event")
     }
 
     /// Answers when the database does.
@@ -505,16 +535,16 @@ impl Reader {
         let mut out = Vec::new();
         let mut bytes = 0;
         let full = |rows: usize, bytes: usize| rows >= max || (rows >= min && bytes >= max_bytes);
+        // Each row's event, from memory when the writer kept it, else by its key.
+        let event = |id: &str| self.queued_event(id);
         {
             let mut stmt = self
                 .conn
                 .prepare_cached(
-                    "SELECT d.seq, d.event_id, b.id, b.attempts, b.next_attempt_at,
-                            e.id, e.tenant, e.type, e.resource_id, e.data, e.created_at
+                    "SELECT d.seq, d.event_id, b.id, b.attempts, b.next_attempt_at
                      FROM batches b INDEXED BY batches_open
                      CROSS JOIN deliveries d
                          ON d.hook_id = b.hook_id AND d.seq BETWEEN b.first_seq AND b.last_seq
-                     CROSS JOIN events e ON e.id = d.event_id
                      WHERE b.hook_id = ?1 AND b.status IN ('pending', 'failed')
                        AND b.last_seq > ?2 AND d.seq > ?2
                      ORDER BY b.first_seq",
@@ -523,16 +553,15 @@ impl Reader {
             let mut rows = stmt
                 .query(params![hook_id, after])
                 .ctx("reading a hook's queue")?;
-            if take_queued(&mut rows, &mut out, &mut bytes, &full)? {
+            if take_queued(&mut rows, &mut out, &mut bytes, &full, &event)? {
                 return Ok((out, false));
             }
         }
         let mut stmt = self
             .conn
             .prepare_cached(concat!(
-                "SELECT d.seq, d.event_id, NULL, 0, NULL,
-                        e.id, e.tenant, e.type, e.resource_id, e.data, e.created_at
-                 FROM deliveries d CROSS JOIN events e ON e.id = d.event_id
+                "SELECT d.seq, d.event_id, NULL, 0, NULL
+                 FROM deliveries d
                  WHERE d.hook_id = ?1 AND d.seq > max(?2, ",
                 batched!("?1"),
                 ")
@@ -542,7 +571,7 @@ impl Reader {
         let mut rows = stmt
             .query(params![hook_id, after, (max - out.len()) as i64])
             .ctx("reading a hook's queue")?;
-        let full = take_queued(&mut rows, &mut out, &mut bytes, &full)?;
+        let full = take_queued(&mut rows, &mut out, &mut bytes, &full, &event)?;
         Ok((out, !full))
     }
 
@@ -742,6 +771,5 @@ mod tests {
         assert!(hook.is_none());
         drop(reader);
         drop(opened);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

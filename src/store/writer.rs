@@ -17,7 +17,7 @@ use rusqlite::{Connection, TransactionBehavior};
 use super::reply::ReplySender;
 use super::{ops, AttemptRecord, Context, HookPatch, NewEvent, NewHook, StoreError};
 use crate::clock::Millis;
-use crate::model::{ApiKey, Hook, Role};
+use crate::model::{ApiKey, Event, Hook, Role};
 use crate::patterns::TenantIndex;
 use crate::secrets::SecretBox;
 
@@ -160,6 +160,10 @@ pub enum WriteOutput {
 /// What the scheduler is told after a commit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Wakeup {
+    /// These events were committed and queued for at least one hook: the scheduler
+    /// keeps them in memory for the dispatchers (recent.rs) before it reads the
+    /// `NewWork` that follows, so the writer spends no time on that.
+    Published(Vec<Event>),
     /// New deliveries were queued for these hooks.
     NewWork(Vec<String>),
     /// These hooks' queues changed in a way that may make something due now
@@ -182,6 +186,8 @@ pub(super) struct Effects {
     pub seqs: HashMap<Arc<str>, i64>,
     pub new_work: Vec<String>,
     pub reset: Vec<String>,
+    /// Events this op queued for at least one hook: (index in the publish, id, time).
+    pub published: Vec<(usize, String, Millis)>,
 }
 
 pub(super) enum IndexChange {
@@ -547,6 +553,8 @@ struct Applied {
     results: Vec<Result<WriteOutput, StoreError>>,
     new_work: Vec<String>,
     reset: Vec<String>,
+    /// The events to keep in memory (`RecentEvents`): (op, event of the op, id, time).
+    published: Vec<(usize, usize, String, Millis)>,
 }
 
 fn commit_group(
@@ -556,7 +564,7 @@ fn commit_group(
     group: &mut Vec<Request>,
     wakeups: &Sender<Wakeup>,
 ) -> Result<(), StoreError> {
-    let (ops, replies): (Vec<WriteOp>, Vec<_>) = group
+    let (mut ops, replies): (Vec<WriteOp>, Vec<_>) = group
         .drain(..)
         .map(|Request { op, reply }| (op, reply))
         .unzip();
@@ -582,6 +590,10 @@ fn commit_group(
         Ok(applied) => {
             // The callers wake one another: the writer wakes only the first (reply.rs).
             super::reply::send_all(replies.into_iter().zip(applied.results));
+            if !applied.published.is_empty() {
+                let events = committed_events(&mut ops, applied.published);
+                let _ = wakeups.send(Wakeup::Published(events));
+            }
             if !applied.new_work.is_empty() {
                 let _ = wakeups.send(Wakeup::NewWork(applied.new_work));
             }
@@ -603,6 +615,32 @@ fn commit_group(
             Err(e)
         }
     }
+}
+
+/// The committed events `published` names, their strings moved out of the group's
+/// publishes (which are done with) rather than copied.
+fn committed_events(
+    ops: &mut [WriteOp],
+    published: Vec<(usize, usize, String, Millis)>,
+) -> Vec<Event> {
+    let mut out = Vec::with_capacity(published.len());
+    for (op, i, id, created_at) in published {
+        let Some(WriteOp::Publish { events, .. }) = ops.get_mut(op) else {
+            continue;
+        };
+        let Some(e) = events.get_mut(i) else {
+            continue;
+        };
+        out.push(Event {
+            id,
+            tenant: std::mem::take(&mut e.tenant),
+            event_type: std::mem::take(&mut e.event_type),
+            resource_id: e.resource_id.take(),
+            data: std::mem::take(&mut e.data),
+            created_at,
+        });
+    }
+    out
 }
 
 /// How one pass over a group ended.
@@ -630,13 +668,17 @@ fn commit_each(
         results: Vec::with_capacity(ops.len()),
         new_work: Vec::new(),
         reset: Vec::new(),
+        published: Vec::new(),
     };
-    for op in ops {
+    for (i, op) in ops.iter().enumerate() {
         let one = std::slice::from_ref(op);
         let failed = match apply_group(conn, state, secrets, one, Mode::Careful) {
             Ok(Pass::Committed(mut applied)) => {
                 all.new_work.append(&mut applied.new_work);
                 all.reset.append(&mut applied.reset);
+                let published = applied.published.into_iter();
+                all.published
+                    .extend(published.map(|(_, e, id, at)| (i, e, id, at)));
                 all.results.extend(applied.results);
                 continue;
             }
@@ -673,6 +715,7 @@ fn apply_group(
         results: Vec::with_capacity(ops.len()),
         new_work: Vec::new(),
         reset: Vec::new(),
+        published: Vec::new(),
     };
     // Cached statements rather than rusqlite's `Savepoint`, which parses its SQL anew
     // every time (a fifth of the writer's CPU as profiled).
@@ -682,7 +725,7 @@ fn apply_group(
     // the next op of another kind (which might read them) and before COMMIT. If that
     // fails, the group starts over carefully, where each publish inserts its own.
     let mut pending = ops::PublishRows::default();
-    for op in ops {
+    for (i, op) in ops.iter().enumerate() {
         let deferred = mode == Mode::Optimistic && matches!(op, WriteOp::Publish { .. });
         if !deferred && !flushed(&tx, &mut pending) {
             return Ok(Pass::RolledBack);
@@ -700,6 +743,10 @@ fn apply_group(
             state.index.absorb(&mut fx);
             applied.new_work.append(&mut fx.new_work);
             applied.reset.append(&mut fx.reset);
+            let published = fx.published.drain(..);
+            applied
+                .published
+                .extend(published.map(|(e, id, at)| (i, e, id, at)));
         } else {
             fx = Effects::default();
             if mode == Mode::Careful {
@@ -830,7 +877,14 @@ mod tests {
 
     /// A fresh store in the temp directory: its directory, writer connection, secrets
     /// and writer state.
-    fn fresh_store(name: &str) -> (std::path::PathBuf, Connection, Arc<SecretBox>, WriterState) {
+    fn fresh_store(
+        name: &str,
+    ) -> (
+        super::super::TestDir,
+        Connection,
+        Arc<SecretBox>,
+        WriterState,
+    ) {
         let dir = super::super::test_dir(&format!("writer-{name}"));
         let opened = super::super::open(&dir.join("w.db"), &dir.join("w.key")).unwrap();
         let state = WriterState::new(&opened.writer_conn).unwrap();
@@ -890,7 +944,7 @@ mod tests {
     /// per hook, however many of its events that hook matched.
     #[test]
     fn a_publish_wakes_each_matching_hook_once_and_numbers_its_rows() {
-        let (dir, mut conn, secrets, mut state) = fresh_store("wake");
+        let (_dir, mut conn, secrets, mut state) = fresh_store("wake");
         let all = create_hook(&mut conn, &mut state, &secrets, "t.*");
         let only_a = create_hook(&mut conn, &mut state, &secrets, "t.a");
         let (results, woken) = group_waking(
@@ -906,13 +960,39 @@ mod tests {
             ])],
         );
         assert!(results[0].is_ok(), "{results:?}");
-        let mut hooks: Vec<String> = woken
-            .into_iter()
-            .flat_map(|w| match w {
-                Wakeup::NewWork(hooks) => hooks,
+        // The committed events go to the scheduler for the dispatchers' memory of
+        // recent events first, exactly as stored, before the work that needs them.
+        assert!(
+            matches!(woken.first(), Some(Wakeup::Published(_))),
+            "{woken:?}"
+        );
+        let stored: Vec<Event> = {
+            let mut stmt = conn
+                .prepare("SELECT id, tenant, type, resource_id, data, created_at FROM events ORDER BY id")
+                .unwrap();
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok(Event {
+                        id: r.get(0)?,
+                        tenant: r.get(1)?,
+                        event_type: r.get(2)?,
+                        resource_id: r.get(3)?,
+                        data: r.get(4)?,
+                        created_at: r.get(5)?,
+                    })
+                })
+                .unwrap();
+            rows.map(Result::unwrap).collect()
+        };
+        assert_eq!(stored.len(), 4);
+        let mut hooks: Vec<String> = Vec::new();
+        for w in woken {
+            match w {
+                Wakeup::NewWork(mut woke) => hooks.append(&mut woke),
+                Wakeup::Published(events) => assert_eq!(events, stored),
                 Wakeup::Reset(hooks) => panic!("a publish reset {hooks:?}"),
-            })
-            .collect();
+            }
+        }
         hooks.sort();
         let mut want = vec![all.id.clone(), only_a.id.clone()];
         want.sort();
@@ -928,7 +1008,6 @@ mod tests {
         assert_eq!(seqs(&all.id), [1, 2, 3, 4]);
         assert_eq!(seqs(&only_a.id), [1, 2, 3]);
         drop(conn);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// The API may publish with a key from its cache; the writer is what makes a
@@ -1010,7 +1089,7 @@ mod tests {
     /// hook's sequence has no gap where the failed op's event would have been.
     #[test]
     fn an_op_failing_after_writes_is_rolled_back_alone_and_leaves_no_gap() {
-        let (dir, mut conn, secrets, mut state) = fresh_store("redo");
+        let (_dir, mut conn, secrets, mut state) = fresh_store("redo");
         let hook = create_hook(&mut conn, &mut state, &secrets, "t.*");
         let first = group(
             &mut conn,
@@ -1056,7 +1135,6 @@ mod tests {
             "the failed publish's idempotency key was committed"
         );
         drop(conn);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// A publish whose rows break a constraint in the optimistic pass rolls the whole
@@ -1065,7 +1143,7 @@ mod tests {
     /// publish lands in order, before and after the one that collided.
     #[test]
     fn a_conflicting_insert_starts_the_group_over_and_loses_nothing() {
-        let (dir, mut conn, secrets, mut state) = fresh_store("conflict");
+        let (_dir, mut conn, secrets, mut state) = fresh_store("conflict");
         let a = create_hook(&mut conn, &mut state, &secrets, "a.*");
         let b = create_hook(&mut conn, &mut state, &secrets, "b.*");
         // Hook a's next row, written behind the writer's index (which is not reloaded:
@@ -1093,7 +1171,6 @@ mod tests {
         let events = count(&conn, "SELECT count(*) FROM events");
         assert_eq!(events, 4, "an event of the abandoned pass was kept");
         drop(conn);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// A store whose writer index still routes `x.*` to a hook whose row is gone, and
@@ -1102,7 +1179,7 @@ mod tests {
     fn store_with_a_vanished_hook(
         name: &str,
     ) -> (
-        std::path::PathBuf,
+        super::super::TestDir,
         Connection,
         Arc<SecretBox>,
         WriterState,
@@ -1128,7 +1205,7 @@ mod tests {
     fn a_broken_foreign_key_fails_the_commit_and_each_op_is_committed_alone() {
         let ops = || publishes(&["b.1", "x.1", "b.2"]);
         // The pass alone: every op ran, the COMMIT refused, nothing is on disk.
-        let (dir, mut conn, secrets, mut state, _, _) = store_with_a_vanished_hook("fk-pass");
+        let (_dir, mut conn, secrets, mut state, _, _) = store_with_a_vanished_hook("fk-pass");
         let pass = apply_group(&mut conn, &mut state, &secrets, &ops(), Mode::Optimistic);
         assert!(
             matches!(pass, Ok(Pass::ForeignKey(_))),
@@ -1137,10 +1214,9 @@ mod tests {
         let rows = count(&conn, "SELECT count(*) FROM deliveries");
         assert_eq!(rows, 0, "a refused COMMIT left rows");
         drop(conn);
-        let _ = std::fs::remove_dir_all(&dir);
 
         // The group as the writer runs it.
-        let (dir, mut conn, secrets, mut state, gone, b) = store_with_a_vanished_hook("fk");
+        let (_dir, mut conn, secrets, mut state, gone, b) = store_with_a_vanished_hook("fk");
         let results = group(&mut conn, &mut state, &secrets, ops());
         assert!(results.iter().all(Result::is_ok), "{results:?}");
         assert!(
@@ -1154,7 +1230,6 @@ mod tests {
         let broken = count(&conn, "SELECT count(*) FROM pragma_foreign_key_check");
         assert_eq!(broken, 0);
         drop(conn);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     fn request(op: WriteOp) -> Request {
