@@ -44,7 +44,7 @@ pub fn new_id(prefix: &str) -> String {
 /// time it was made at: ids then count up within that millisecond. Other strings are
 /// ignored.
 pub fn continue_after(id: &str) {
-    let Some(value) = id.split_once('_').and_then(|(_, body)| decode(body)) else {
+    let Some(value) = value_of(id) else {
         return;
     };
     let (ms, rand) = ((value >> 80) as u64, value & ((1u128 << 80) - 1));
@@ -52,6 +52,12 @@ pub fn continue_after(id: &str) {
     if (ms, rand) > *last {
         *last = (ms, rand);
     }
+}
+
+/// The 128-bit value of an id made by [`new_id`] (any prefix): ids of one prefix sort
+/// as their values do, so a value can stand for its id in a search.
+pub fn value_of(id: &str) -> Option<u128> {
+    id.split_once('_').and_then(|(_, body)| decode(body))
 }
 
 /// The 128-bit value of an id's 26 Crockford characters.

@@ -57,7 +57,7 @@ const EVENT_COLUMNS: &str = "id, tenant, type, resource_id, data, created_at";
 const EVENT_COLUMNS_BY_TYPE: &str =
     "t.event_id, e.tenant, e.type, e.resource_id, e.data, e.created_at";
 
-fn event_from_row(r: &Row) -> rusqlite::Result<Event> {
+pub(super) fn event_from_row(r: &Row) -> rusqlite::Result<Event> {
     event_at(r, 0)
 }
 

@@ -12,8 +12,9 @@
 //! SQLite as before: nothing depends on an event being here.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, RwLock};
 
+use crate::ids;
 use crate::model::Event;
 
 /// Bytes of events kept by default: a few seconds of heavy publishing, enough for
@@ -22,15 +23,18 @@ pub const DEFAULT_BUDGET: usize = 8 * 1024 * 1024;
 
 pub struct RecentEvents {
     budget: usize,
-    inner: Mutex<Inner>,
+    /// Read by every dispatcher at once; written by the scheduler alone.
+    inner: RwLock<Inner>,
 }
 
 /// The events in id order, which is the order they come in (ids rise in commit order:
-/// src/ids.rs), so a lookup is a binary search and adding or dropping one touches an
-/// end; no map to keep (a hash map's insert and remove per event, and a copy of each
-/// id for its key, cost more than the reads it saved: BENCHMARKS.md, item 39).
+/// src/ids.rs), each under its id's 128-bit value: a lookup is a binary search over
+/// integers, and adding or dropping an event touches an end. No map to keep (a hash
+/// map's insert and removal per event, and a copy of each id for its key, cost more
+/// than the reads they saved: BENCHMARKS.md, item 39).
 #[derive(Default)]
 struct Inner {
+    keys: VecDeque<u128>,
     events: VecDeque<Arc<Event>>,
     bytes: usize,
 }
@@ -39,17 +43,17 @@ impl RecentEvents {
     pub fn new(budget: usize) -> RecentEvents {
         RecentEvents {
             budget,
-            inner: Mutex::new(Inner::default()),
+            inner: RwLock::new(Inner::default()),
         }
     }
 
     pub fn get(&self, id: &str) -> Option<Arc<Event>> {
-        let inner = self.lock();
-        let i = inner
-            .events
-            .binary_search_by(|e| e.id.as_str().cmp(id))
-            .ok()?;
-        Some(inner.events[i].clone())
+        let key = ids::value_of(id)?;
+        let inner = self.inner.read().unwrap_or_else(|p| p.into_inner());
+        let i = inner.keys.binary_search(&key).ok()?;
+        let e = &inner.events[i];
+        // Values are unique per prefix; the id itself settles any other prefix.
+        (e.id == id).then(|| e.clone())
     }
 
     /// Adds committed events, then drops the oldest while over budget. An event that
@@ -59,38 +63,37 @@ impl RecentEvents {
         if events_in.is_empty() {
             return;
         }
-        let events = &events_in;
         // Copies, made on this thread, of events whose strings came from the connection
         // threads: those go back at once, as before there was a cache, instead of
         // seconds later. (Kept as they were, the connection threads' heaps grew and shrank
         // with the cache, and their publishes got ~8 % of a core dearer.)
-        let events: Vec<Arc<Event>> = events.iter().map(|e| Arc::new(e.clone())).collect();
+        let events: Vec<(u128, Arc<Event>)> = events_in
+            .iter()
+            .filter_map(|e| Some((ids::value_of(&e.id)?, Arc::new(e.clone()))))
+            .collect();
         drop(events_in);
         let mut dropped = Vec::new();
         {
-            let mut inner = self.lock();
-            for e in events {
-                if inner.events.back().is_some_and(|last| last.id >= e.id) {
+            let mut inner = self.inner.write().unwrap_or_else(|p| p.into_inner());
+            for (key, e) in events {
+                if inner.keys.back().is_some_and(|last| *last >= key) {
                     continue;
                 }
                 inner.bytes += cost(&e);
+                inner.keys.push_back(key);
                 inner.events.push_back(e);
             }
             while inner.bytes > self.budget {
                 let Some(old) = inner.events.pop_front() else {
                     break;
                 };
+                inner.keys.pop_front();
                 inner.bytes -= cost(&old);
                 dropped.push(old);
             }
         }
         // Freed outside the lock: the dispatchers' lookups need not wait for it.
         drop(dropped);
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        // A panic while holding the lock leaves the deque whole (each step is).
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -133,8 +136,8 @@ mod tests {
         // One larger than the whole budget pushes everything out, itself included.
         recent.add(vec![event(5, &"x".repeat(4 * one))]);
         assert!(recent.get(&event(5, "").id).is_none());
-        assert_eq!(recent.lock().bytes, 0);
-        assert!(recent.lock().events.is_empty());
+        assert_eq!(recent.inner.read().unwrap().bytes, 0);
+        assert!(recent.inner.read().unwrap().events.is_empty());
         // Out of order (never expected): left out, the rest still found.
         recent.add(vec![event(8, "{}"), event(7, "{}"), event(9, "{}")]);
         let kept: Vec<bool> = (7..10)

@@ -968,19 +968,13 @@ mod tests {
         );
         let stored: Vec<Event> = {
             let mut stmt = conn
-                .prepare("SELECT id, tenant, type, resource_id, data, created_at FROM events ORDER BY id")
+                .prepare(
+                    "SELECT id, tenant, type, resource_id, data, created_at
+                     FROM events ORDER BY id",
+                )
                 .unwrap();
             let rows = stmt
-                .query_map([], |r| {
-                    Ok(Event {
-                        id: r.get(0)?,
-                        tenant: r.get(1)?,
-                        event_type: r.get(2)?,
-                        resource_id: r.get(3)?,
-                        data: r.get(4)?,
-                        created_at: r.get(5)?,
-                    })
-                })
+                .query_map([], super::super::read::event_from_row)
                 .unwrap();
             rows.map(Result::unwrap).collect()
         };
