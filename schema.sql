@@ -86,7 +86,9 @@ INSERT INTO meta (key, value) VALUES ('types_through', '');
 -- (ids::delivery_id), so a publish adds no index entry for it.
 -- Stored in (hook_id, seq) order (WITHOUT ROWID): a hook's consecutive rows share
 -- pages, so reading a hook's queue touches a few pages, not one page per row, whatever
--- order the events of different hooks were published in.
+-- order the events of different hooks were published in. A row is made when its event
+-- is, so its time is its event's `created_at` (not stored again: the outbox's pages
+-- are most of what a commit writes).
 -- The foreign keys are checked at COMMIT (deferred), not row by row: a multi-row
 -- INSERT that could fail halfway must first copy every page it changes into a
 -- statement journal, to undo itself alone; checked at COMMIT, a violation fails the
@@ -95,7 +97,6 @@ CREATE TABLE deliveries (
     hook_id    TEXT NOT NULL REFERENCES hooks (id) DEFERRABLE INITIALLY DEFERRED,
     seq        INTEGER NOT NULL,
     event_id   TEXT NOT NULL REFERENCES events (id) DEFERRABLE INITIALLY DEFERRED,
-    created_at INTEGER NOT NULL,
     PRIMARY KEY (hook_id, seq)
 ) WITHOUT ROWID;
 CREATE INDEX deliveries_by_event ON deliveries (event_id);

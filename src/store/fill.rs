@@ -232,8 +232,8 @@ fn fill(conn: &mut Connection, hooks: &[String], rows: u64) -> Result<Vec<u64>, 
         (
             "filling deliveries",
             rows_sql(
-                "INSERT INTO deliveries (hook_id, seq, event_id, created_at)",
-                "h.id, h.seq0 + n.i / ?6 + 1, 'evt_' || {id}, n.ms",
+                "INSERT INTO deliveries (hook_id, seq, event_id)",
+                "h.id, h.seq0 + n.i / ?6 + 1, 'evt_' || {id}",
             ),
         ),
         // Each row was sent alone: a batch of its own, under an id that shares the
@@ -397,9 +397,10 @@ mod tests {
         let mut stmt = conn
             .prepare(
                 "SELECT b.id, d.hook_id, d.seq, d.event_id, b.id, b.status, b.attempts,
-                        b.next_attempt_at, d.created_at
+                        b.next_attempt_at, e.created_at
                  FROM deliveries d JOIN batches b ON b.hook_id = d.hook_id
                      AND d.seq BETWEEN b.first_seq AND b.last_seq
+                 JOIN events e ON e.id = d.event_id
                  ORDER BY b.id",
             )
             .unwrap();
@@ -489,8 +490,8 @@ mod tests {
                  JOIN batches b ON b.hook_id = d.hook_id AND b.first_seq = d.seq
                                 AND b.last_seq = d.seq
                  JOIN attempts a ON a.delivery_id = b.id AND a.status_code = 204
-                                 AND a.error IS NULL AND a.at = d.created_at
-                 JOIN events e ON e.id = d.event_id
+                                 AND a.error IS NULL
+                 JOIN events e ON e.id = d.event_id AND a.at = e.created_at
                  JOIN hooks h ON h.id = d.hook_id AND h.tenant = e.tenant
                  WHERE e.type = CASE WHEN h.id = ?1 THEN 'orders.fill'
                                      ELSE json_extract(h.events, '$[0]') END",
@@ -540,8 +541,7 @@ mod tests {
         )
         .unwrap();
         conn.execute(
-            "INSERT INTO deliveries (hook_id, seq, event_id, created_at)
-             VALUES (?1, ?2, ?3, 1)",
+            "INSERT INTO deliveries (hook_id, seq, event_id) VALUES (?1, ?2, ?3)",
             params![hook, seq, evt],
         )
         .unwrap();

@@ -219,6 +219,20 @@ const MIGRATIONS: &[&str] = &[
     DELETE FROM event_types
     WHERE tenant = old.tenant AND type = old.type AND event_id = old.id;
 END;",
+    // 7: an outbox row's time is its event's (both are made by the same publish), so
+    // the rows lose their copy of it; the table is rebuilt, in key order.
+    "ALTER TABLE deliveries RENAME TO deliveries_v6;
+     DROP INDEX deliveries_by_event;
+     CREATE TABLE deliveries (
+    hook_id    TEXT NOT NULL REFERENCES hooks (id) DEFERRABLE INITIALLY DEFERRED,
+    seq        INTEGER NOT NULL,
+    event_id   TEXT NOT NULL REFERENCES events (id) DEFERRABLE INITIALLY DEFERRED,
+    PRIMARY KEY (hook_id, seq)
+) WITHOUT ROWID;
+     INSERT INTO deliveries (hook_id, seq, event_id)
+         SELECT hook_id, seq, event_id FROM deliveries_v6 ORDER BY hook_id, seq;
+     DROP TABLE deliveries_v6;
+     CREATE INDEX deliveries_by_event ON deliveries (event_id);",
 ];
 
 /// Bytes the WAL file is truncated back to after a checkpoint.
@@ -959,16 +973,16 @@ mod tests {
             rows.map(Result::unwrap).collect()
         };
         assert_eq!(
-            all("SELECT json_array(hook_id, seq, event_id, created_at)
+            all("SELECT json_array(hook_id, seq, event_id)
                  FROM deliveries ORDER BY hook_id, seq"),
             [
-                r#"["hk_1",1,"ev_1",1]"#,
-                r#"["hk_1",2,"ev_2",2]"#,
-                r#"["hk_2",1,"ev_1",1]"#,
-                r#"["hk_2",2,"ev_2",2]"#,
-                r#"["hk_2",3,"ev_3",3]"#,
-                r#"["hk_2",4,"ev_3",3]"#,
-                r#"["hk_2",5,"ev_3",3]"#,
+                r#"["hk_1",1,"ev_1"]"#,
+                r#"["hk_1",2,"ev_2"]"#,
+                r#"["hk_2",1,"ev_1"]"#,
+                r#"["hk_2",2,"ev_2"]"#,
+                r#"["hk_2",3,"ev_3"]"#,
+                r#"["hk_2",4,"ev_3"]"#,
+                r#"["hk_2",5,"ev_3"]"#,
             ],
             "every row kept"
         );

@@ -349,8 +349,9 @@ fn delete_hook(
         concat!(
             "INSERT INTO batches (hook_id, first_seq, last_seq, id, status, attempts,
                                   next_attempt_at, created_at, updated_at)
-             SELECT ?1, min(seq), max(seq), ?3, 'cancelled', 0, NULL, min(created_at), ?2
-             FROM deliveries WHERE hook_id = ?1 AND seq > ",
+             SELECT ?1, min(d.seq), max(d.seq), ?3, 'cancelled', 0, NULL, min(e.created_at), ?2
+             FROM deliveries d CROSS JOIN events e ON e.id = d.event_id
+             WHERE d.hook_id = ?1 AND d.seq > ",
             batched!("?1"),
             "
              HAVING count(*) > 0"
@@ -678,7 +679,6 @@ impl PublishRows<'_> {
 }
 
 struct DeliveryRow {
-    created_at: Millis,
     hook_id: Arc<str>,
     seq: i64,
     /// Shared by the event's rows.
@@ -722,7 +722,6 @@ fn fan_out<'a>(
             }
         };
         rows.deliveries.push(DeliveryRow {
-            created_at: now,
             hook_id: hook_id.clone(),
             seq,
             event_id: shared_id.clone(),
@@ -788,10 +787,10 @@ fn insert_rows(
         conn,
         "inserting deliveries",
         on_conflict,
-        "deliveries (hook_id, seq, event_id, created_at) VALUES ",
-        "(?, ?, ?, ?)",
+        "deliveries (hook_id, seq, event_id) VALUES ",
+        "(?, ?, ?)",
         &rows.deliveries,
-        |d, values| values.extend([&d.hook_id as &dyn ToSql, &d.seq, &d.event_id, &d.created_at]),
+        |d, values| values.extend([&d.hook_id as &dyn ToSql, &d.seq, &d.event_id]),
     )
 }
 
@@ -837,8 +836,8 @@ fn claim_batch(
         .prepare_cached(concat!(
             "INSERT INTO batches (hook_id, first_seq, last_seq, id, status, attempts,
                                   next_attempt_at, created_at, updated_at)
-             SELECT ?1, ?3, ?4, ?2, 'pending', 0, NULL, d.created_at, ?5
-             FROM deliveries d
+             SELECT ?1, ?3, ?4, ?2, 'pending', 0, NULL, e.created_at, ?5
+             FROM deliveries d CROSS JOIN events e ON e.id = d.event_id
              WHERE d.hook_id = ?1 AND d.seq = ?3 AND ?3 > ",
             batched!("?1"),
             "
@@ -903,8 +902,8 @@ fn record_attempt(
         conn.prepare_cached(
             "INSERT OR IGNORE INTO batches (hook_id, first_seq, last_seq, id, status, attempts,
                                             next_attempt_at, created_at, updated_at)
-             SELECT ?1, ?2, ?2, ?3, ?4, 1, ?5, d.created_at, ?6
-             FROM deliveries d
+             SELECT ?1, ?2, ?2, ?3, ?4, 1, ?5, e.created_at, ?6
+             FROM deliveries d CROSS JOIN events e ON e.id = d.event_id
              WHERE d.hook_id = ?1 AND d.seq = ?2
                AND ?2 > coalesce((SELECT last_seq FROM batches
                                   WHERE hook_id = ?1 AND first_seq <= ?2

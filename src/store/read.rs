@@ -398,8 +398,9 @@ impl Reader {
             let mut stmt = self
                 .conn
                 .prepare_cached(concat!(
-                    "SELECT seq, created_at, event_id FROM deliveries
-                     WHERE hook_id = ?1 AND seq > ",
+                    "SELECT d.seq, e.created_at, d.event_id
+                     FROM deliveries d CROSS JOIN events e ON e.id = d.event_id
+                     WHERE d.hook_id = ?1 AND d.seq > ",
                     batched!("?1"),
                     " AND (?2 = 0 OR seq < ?2)
                      ORDER BY seq DESC LIMIT ?3"

@@ -1145,8 +1145,8 @@ mod tests {
         conn.execute_batch(&format!(
             "INSERT INTO events (id, tenant, type, data, created_at)
                  VALUES ('evt_squat', 'default', 'a.squat', 'null', 0);
-             INSERT INTO deliveries (hook_id, seq, event_id, created_at)
-                 VALUES ('{}', 1, 'evt_squat', 0);",
+             INSERT INTO deliveries (hook_id, seq, event_id)
+                 VALUES ('{}', 1, 'evt_squat');",
             a.id
         ))
         .unwrap();
