@@ -232,14 +232,22 @@ pub fn run(config: Config) -> Result<(), Error> {
     let _ = scheduler.join();
     let _ = janitor.join();
     let deadline = Instant::now() + config.shutdown_timeout;
-    while let Err(crossbeam_channel::RecvTimeoutError::Timeout) | Ok(()) =
-        finished_rx.recv_deadline(deadline)
-    {
-        if Instant::now() >= deadline {
-            break;
+    // Each dispatcher drops its `finished` sender as the last thing it does, so a
+    // disconnected channel means every one is done. Only at the deadline are the threads
+    // themselves asked: one that has just dropped its sender may not yet count as
+    // finished (that race once reported a finished delivery as abandoned).
+    let all_done = loop {
+        match finished_rx.recv_deadline(deadline) {
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break true,
+            _ if Instant::now() >= deadline => break false,
+            _ => {}
         }
-    }
-    let in_flight = dispatchers.iter().filter(|d| !d.is_finished()).count();
+    };
+    let in_flight = if all_done {
+        0
+    } else {
+        dispatchers.iter().filter(|d| !d.is_finished()).count()
+    };
     if in_flight > 0 {
         log::warn!(
             "{in_flight} deliveries were still in flight at shutdown; they will be sent again on restart"
