@@ -60,8 +60,8 @@ CREATE INDEX events_by_tenant ON events (tenant, id);
 -- commit's rows at one place per type in the middle of its tree, and SQLite rewrites a
 -- full leaf there with its two siblings and their parent, so it cost ~3.5 pages per
 -- type per commit (BENCHMARKS.md, item 38). The writer instead copies the events after
--- meta's `types_through` (the newest event id entered here) a few times a second, sorted,
--- in one transaction with the new `types_through`; a listing reads this table for
+-- meta's `types_through` (the newest event id entered here) twice a second, in one
+-- transaction with the new `types_through`; a listing reads this table for
 -- events up to it and the events table for those after it. Event ids increase in
 -- commit order (the writer makes them, see src/ids.rs), so nothing is skipped.
 CREATE TABLE event_types (
