@@ -285,11 +285,7 @@ fn fill(conn: &mut Connection, hooks: &[String], rows: u64) -> Result<Vec<u64>, 
             params![end, h],
         )
         .ctx("advancing the hooks' sequences")?;
-        tx.execute(
-            "UPDATE meta SET value = (SELECT max(id) FROM events) WHERE key = 'types_through'",
-            [],
-        )
-        .ctx("advancing the type index")?;
+        super::ops::types_through_newest(&tx)?;
         tx.commit().ctx("committing a fill transaction")?;
         first = end;
     }
@@ -445,6 +441,24 @@ mod tests {
         assert_eq!(count(&conn, "SELECT count(*) FROM deliveries"), 1000);
         assert_eq!(count(&conn, "SELECT count(*) FROM attempts"), 1000);
         assert_eq!(count(&conn, "SELECT count(*) FROM batches"), 1000);
+        // Every event in the type index, under its own type, and nothing left for the
+        // writer to enter.
+        assert_eq!(
+            count(
+                &conn,
+                "SELECT count(*) FROM events e JOIN event_types t
+                     ON t.event_id = e.id AND t.tenant = e.tenant AND t.type = e.type"
+            ),
+            1000
+        );
+        assert_eq!(
+            count(
+                &conn,
+                "SELECT count(*) FROM meta
+                 WHERE key = 'types_through' AND value = (SELECT max(id) FROM events)"
+            ),
+            1
+        );
         assert_eq!(
             count(&conn, "SELECT count(*) FROM pragma_foreign_key_check"),
             0

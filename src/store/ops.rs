@@ -1154,7 +1154,7 @@ fn prune(conn: &Connection, cutoff: Millis, limit: u32) -> Result<u64, StoreErro
     Ok(deliveries.max(attempts).max(events).max(keys) as u64)
 }
 
-/// Enters the events after meta's `types_through` into `event_types`, sorted, and moves
+/// Enters the events after meta's `types_through` into `event_types` and moves
 /// `types_through` to the newest event: the type index written behind (schema.sql).
 /// Returns how many events it entered. The caller commits both together.
 pub(super) fn index_types(conn: &Connection) -> Result<usize, StoreError> {
@@ -1167,13 +1167,20 @@ pub(super) fn index_types(conn: &Connection) -> Result<usize, StoreError> {
         .and_then(|mut s| s.execute([]))
         .ctx("indexing events by type")?;
     if entered > 0 {
-        conn.prepare_cached(
-            "UPDATE meta SET value = (SELECT max(id) FROM events) WHERE key = 'types_through'",
-        )
-        .and_then(|mut s| s.execute([]))
-        .ctx("indexing events by type")?;
+        types_through_newest(conn)?;
     }
     Ok(entered)
+}
+
+/// Records that every event up to the newest is in `event_types` (`index_types`, and
+/// the bench's fill, which enters its own).
+pub(super) fn types_through_newest(conn: &Connection) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "UPDATE meta SET value = (SELECT max(id) FROM events) WHERE key = 'types_through'",
+    )
+    .and_then(|mut s| s.execute([]))
+    .ctx("advancing the type index")
+    .map(drop)
 }
 
 /// The newest event's id, if any: the writer's ids continue after it, whatever the

@@ -52,6 +52,10 @@ pub(super) fn hook_from_row(r: &Row, secrets: &SecretBox) -> rusqlite::Result<Ho
 }
 
 const EVENT_COLUMNS: &str = "id, tenant, type, resource_id, data, created_at";
+/// One event by its id, in [`EVENT_COLUMNS`] (spelled out: `concat!` takes literals only,
+/// and a dispatcher's queue read runs it per event it does not hold in memory).
+const EVENT_BY_ID: &str =
+    "SELECT id, tenant, type, resource_id, data, created_at FROM events WHERE id = ?1";
 /// [`EVENT_COLUMNS`] of `events e` found through `event_types t`: the id is taken from
 /// `t`, whose key SQLite then knows the rows come in (from `e` it would sort them all).
 const EVENT_COLUMNS_BY_TYPE: &str =
@@ -140,9 +144,10 @@ pub(super) fn unsent_row_hook(conn: &Connection, id: &str) -> Result<Option<Stri
     Ok(None)
 }
 
-/// Adds the queue rows `rows` yields (an [`OutboxRow`]'s columns, then its event's) to
-/// `out`, counting their events' bytes, until `full(rows, bytes)`; true if it stopped
-/// there, false if the rows ran out. The rest is never stepped.
+/// Adds the queue rows `rows` yields (an [`OutboxRow`]'s columns), each with its event
+/// as `event` finds it, to `out`, counting their events' bytes, until
+/// `full(rows, bytes)`; true if it stopped there, false if the rows ran out. The rest
+/// is never stepped.
 fn take_queued(
     rows: &mut rusqlite::Rows<'_>,
     out: &mut Vec<Queued>,
@@ -203,18 +208,13 @@ impl Reader {
         self
     }
 
-    /// A queued row's event: from memory when it is there, else from the file.
+    /// A queued row's event: from memory when it is there, else from the file (where
+    /// the row's foreign key guarantees it).
     fn queued_event(&self, id: &str) -> Result<Arc<Event>, StoreError> {
         if let Some(e) = self.recent.as_ref().and_then(|r| r.get(id)) {
             return Ok(e);
         }
-        self.conn
-            .prepare_cached(
-                "SELECT id, tenant, type, resource_id, data, created_at FROM events WHERE id = ?1",
-            )
-            .and_then(|mut s| s.query_row([id], event_from_row))
-            .map(Arc::new)
-            .ctx("reading an event")
+        self.event(id)?.map(Arc::new).ok_or(StoreError::NotFound)
     }
 
     /// Answers when the database does.
@@ -310,9 +310,8 @@ impl Reader {
     }
 
     pub fn event(&self, id: &str) -> Result<Option<Event>, StoreError> {
-        let sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE id = ?1");
         self.conn
-            .prepare_cached(&sql)
+            .prepare_cached(EVENT_BY_ID)
             .and_then(|mut s| s.query_row([id], event_from_row).optional())
             .ctx("loading an event")
     }
@@ -376,8 +375,10 @@ impl Reader {
     }
 
     pub fn events_by_ids(&self, ids: &[String]) -> Result<Vec<Event>, StoreError> {
-        let sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE id = ?1");
-        let mut stmt = self.conn.prepare_cached(&sql).ctx("loading events")?;
+        let mut stmt = self
+            .conn
+            .prepare_cached(EVENT_BY_ID)
+            .ctx("loading events")?;
         ids.iter()
             .map(|id| stmt.query_row([id], event_from_row).ctx("loading an event"))
             .collect()
@@ -528,8 +529,8 @@ impl Reader {
     ) -> Result<(Vec<Queued>, bool), StoreError> {
         // Its open batches first (sent before, to be sent again), then its unsent tail:
         // every batch's rows come before the tail's. CROSS JOIN fixes the loops' order
-        // (batches, then each one's rows through the outbox key, in seq order, then
-        // their events), so ordering by first_seq orders the rows without a sort (ORDER
+        // (batches, then each one's rows through the outbox key, in seq order), so
+        // ordering by first_seq orders the rows without a sort (ORDER
         // BY d.seq too made SQLite build a temporary B-tree per query); INDEXED BY: the
         // batches' own key also starts with (hook_id, first_seq), and SQLite may pick
         // it, walking the hook's whole history to find the open ones.
