@@ -85,6 +85,35 @@ fn every_scenario_runs_at_tiny_sizes_and_loses_nothing() {
             );
         }
     }
+    // The bounds the two ratio targets are judged against are measured and reported.
+    let ceilings = &report["ceilings"];
+    for (what, value) in [
+        (
+            "the HTTP server doing no work",
+            &ceilings["http_stack_events_per_s"],
+        ),
+        (
+            "durable commits of 2 rows",
+            &ceilings["durable_commits_per_s"]["2"],
+        ),
+        ("the bare outcome record", &ceilings["outcome_cpu_us"]),
+        (
+            "the delivery client's CPU",
+            &ceilings["client_cpu_us_per_delivery"]["1"],
+        ),
+    ] {
+        assert!(
+            value.as_f64().is_some_and(|v| v > 0.0),
+            "{what} is measured: {ceilings:#}"
+        );
+    }
+    let ingest = &report["scenarios"]["ingest"]["cases"][0];
+    assert!(
+        ingest["figures"].as_array().is_some_and(|f| f
+            .iter()
+            .any(|f| f["name"] == "any server on one SQLite file, at most")),
+        "ingest reports the durable-commit bound: {ingest:#}"
+    );
     // The sizes asked for are the sizes run: the backlog is not silently cut.
     let backlog = &report["scenarios"]["backlog"]["cases"][0];
     assert_eq!(

@@ -275,6 +275,20 @@ pub struct Ceilings {
     /// without hookd, in events per second: key 1 is one event per delivery (so
     /// deliveries per second), larger keys are batched bodies of that many events.
     pub client_events_per_s: BTreeMap<u32, f64>,
+    /// The benchmark's CPU (the delivery client and the receiver together) per delivery
+    /// while measuring `client_events_per_s`, microseconds, keyed the same way.
+    pub client_cpu_us_per_delivery: BTreeMap<u32, f64>,
+    /// The generator against hookd's own HTTP server doing no work (`bench::bounds`),
+    /// single-event publishes per second: the bound the HTTP stack puts on ingest.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_stack_events_per_s: Option<f64>,
+    /// Durable commits per second of one SQLite file on this disk (`bench::bounds`),
+    /// keyed by publish-sized rows per commit.
+    pub durable_commits_per_s: BTreeMap<usize, f64>,
+    /// CPU per outcome of the least a durable delivery log records per attempt
+    /// (`bench::bounds::outcome_cpu_us`), microseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outcome_cpu_us: Option<f64>,
 }
 
 /// Everything a run produced.

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use super::bounds;
 use super::child::{own_stats, ProcStats, Server};
 use super::http::{fingerprint, ids_in, Conn};
 use super::loadgen::{self, Body, Plan};
@@ -131,6 +132,9 @@ struct Bench<'a> {
     serial: usize,
     /// Every scenario of the run, for those that must leave time to the ones after.
     selected: Vec<Scenario>,
+    /// CPU per event (hookd's and the generator's) of ingest-batch's phase, µs, once
+    /// it ran: what publishing an event costs, for batch_max 1's budget.
+    publish_cpu_us: Option<f64>,
 }
 
 /// Runs the selected scenarios in order and collects their cases.
@@ -155,6 +159,7 @@ pub fn run_all(args: &BenchArgs, selected: &[Scenario]) -> Result<Run, String> {
         notes: Vec::new(),
         serial: 0,
         selected: selected.to_vec(),
+        publish_cpu_us: None,
     };
     for scenario in selected {
         let before = bench.cases.len();
@@ -439,6 +444,78 @@ impl Bench<'_> {
         rate
     }
 
+    /// The generator against hookd's HTTP server doing no work (`bounds`): single
+    /// publishes/s from `clients` connections. `None` if it could not be started.
+    fn http_stack_ceiling(&mut self, clients: usize) -> Option<f64> {
+        if let Some(v) = self.ceilings.http_stack_events_per_s {
+            return Some(v);
+        }
+        let stack = match bounds::NoopStack::start() {
+            Ok(s) => s,
+            Err(e) => {
+                self.notes
+                    .push(format!("the no-op HTTP server could not start: {e}"));
+                return None;
+            }
+        };
+        let events = vec![("bench.ingest".to_string(), 0)];
+        let body = loadgen::publish_body(stack.addr, "ceiling", &events, false);
+        self.progress(&format!(
+            "bound: generator, {clients} clients, single publishes, against hookd's HTTP server doing no work"
+        ));
+        let out = loadgen::closed_loop(&Plan {
+            addr: stack.addr,
+            clients,
+            bodies: std::slice::from_ref(&body),
+            until: Instant::now() + secs(self.args.ceiling_seconds),
+            max_events: None,
+            window: None,
+            record: false,
+            progress: None,
+            enough: None,
+        });
+        let rate = out.rate();
+        self.ceilings.http_stack_events_per_s = Some(rate);
+        Some(rate)
+    }
+
+    /// Durable commits/s of `rows` publish-sized rows each on one SQLite file in the
+    /// bench's directory (`bounds::durable_commits`). `None` if it failed.
+    fn commit_bound(&mut self, rows: usize) -> Option<f64> {
+        if let Some(v) = self.ceilings.durable_commits_per_s.get(&rows) {
+            return Some(*v);
+        }
+        self.progress(&format!(
+            "bound: durable commits of {rows} publish-sized rows each, one SQLite file"
+        ));
+        let row_bytes = loadgen::event_json("bench.ingest").len();
+        let dir = self.dir.join("bound-commits");
+        match bounds::durable_commits(&dir, rows, row_bytes, secs(self.args.ceiling_seconds)) {
+            Ok(rate) => {
+                self.ceilings.durable_commits_per_s.insert(rows, rate);
+                Some(rate)
+            }
+            Err(e) => {
+                self.notes.push(e);
+                None
+            }
+        }
+    }
+
+    /// CPU per outcome of a bare durable delivery log (`bounds::outcome_cpu_us`) over
+    /// `--hooks` hooks. `None` if it failed.
+    fn outcome_bound(&mut self) -> Option<f64> {
+        if self.ceilings.outcome_cpu_us.is_none() {
+            self.progress("bound: CPU per outcome of a bare durable delivery log");
+            let dir = self.dir.join("bound-outcomes");
+            match bounds::outcome_cpu_us(&dir, self.args.hooks, secs(self.args.ceiling_seconds)) {
+                Ok(v) => self.ceilings.outcome_cpu_us = Some(v),
+                Err(e) => self.notes.push(e),
+            }
+        }
+        self.ceilings.outcome_cpu_us
+    }
+
     /// hookd's delivery client against the receiver: events/s with `batch` events per
     /// delivery, from as many threads as hookd has dispatchers.
     fn client_ceiling(&mut self, batch: u32) -> f64 {
@@ -470,6 +547,7 @@ impl Bench<'_> {
             "ceiling: hookd's delivery client, {} threads, {batch} event(s) per delivery, against the receiver",
             self.args.dispatchers
         ));
+        let (cpu_before, at) = (own_stats().cpu_s, Instant::now());
         let rps = loadgen::delivery_ceiling(
             &self.rx.url("ceiling"),
             &secret,
@@ -477,6 +555,12 @@ impl Bench<'_> {
             self.args.dispatchers,
             secs(self.args.ceiling_seconds),
         );
+        let requests = rps * at.elapsed().as_secs_f64();
+        if requests > 0.0 {
+            self.ceilings
+                .client_cpu_us_per_delivery
+                .insert(batch, (own_stats().cpu_s - cpu_before) * 1e6 / requests);
+        }
         let bad = self.rx.counts().bad_signatures;
         if bad > 0 {
             self.notes.push(format!(
@@ -533,6 +617,14 @@ impl Bench<'_> {
             ("ingest", 1)
         };
         let ceiling = self.generator_ceiling(per_request, args.clients);
+        let (stack, commits) = if batch {
+            (None, None)
+        } else {
+            (
+                self.http_stack_ceiling(args.clients),
+                self.commit_bound(args.clients),
+            )
+        };
         self.progress(&format!(
             "{scenario}: {} clients, {per_request} event(s) per publish, {} s",
             args.clients, args.seconds
@@ -558,6 +650,50 @@ impl Bench<'_> {
             figure = figure.ratio_target(r);
         }
         case.figures.push(figure);
+        if batch && run.resources.phase_s > 0.0 {
+            let events = run.rate * run.resources.phase_s;
+            if events > 0.0 {
+                self.publish_cpu_us = Some(
+                    (run.resources.phase_cpu_s + run.resources.bench_phase_cpu_s) * 1e6 / events,
+                );
+            }
+        }
+        if let Some(bound) = stack {
+            // What the ratio's miss is judged against: the HTTP server hookd must use,
+            // doing nothing, with the same generator.
+            case.figures.push(
+                Figure::new("the HTTP server doing no work", bound, "1/s").ceiling(Some(ceiling)),
+            );
+            case.notes.push(format!(
+                "hookd's HTTP server (tiny_http as hookd runs it) answering every publish \
+                 without any work takes {bound:.0}/s from this generator; hookd reaches {:.0} % \
+                 of that, and 60 % of the generator's ceiling ({:.0}/s) is {:.2}× it",
+                100.0 * run.rate / bound,
+                0.6 * ceiling,
+                0.6 * ceiling / bound
+            ));
+        }
+        if let Some(commits) = commits {
+            // Each closed-loop client has one publish out, answered after its commit:
+            // at most `clients` publishes per commit, whatever the server.
+            let bound = commits * args.clients as f64;
+            case.figures.push(
+                Figure::new("any server on one SQLite file, at most", bound, "1/s")
+                    .ceiling(Some(ceiling)),
+            );
+            case.notes.push(format!(
+                "this disk takes {commits:.0} durable commits/s of {} publish-sized rows \
+                 (one SQLite file, WAL, synchronous = FULL, no index); a publish is answered \
+                 after its commit and each of the {} clients has one out, so no server \
+                 on one SQLite file can accept more than {bound:.0} single publishes/s \
+                 from them: {:.0} % of the generator's ceiling (target 60 %); hookd \
+                 reaches {:.0} % of that bound",
+                args.clients,
+                args.clients,
+                100.0 * bound / ceiling,
+                100.0 * run.rate / bound
+            ));
+        }
         case.figures.extend(run.round_trip);
         self.finish(case, server, run.resources);
         Ok(())
@@ -637,6 +773,9 @@ impl Bench<'_> {
         let args = self.args;
         for &batch_max in &args.deliver_batch_max {
             let ceiling = self.client_ceiling(batch_max);
+            if batch_max == 1 {
+                self.outcome_bound();
+            }
             let h = args.hooks;
             self.progress(&format!(
                 "deliver: {h} hooks, batch_max {batch_max}, publishing for {} s",
@@ -671,6 +810,11 @@ impl Bench<'_> {
                 figure = figure.ratio_target(r);
             }
             case.figures.push(figure);
+            if batch_max == 1 {
+                if let Some(note) = self.budget_note(ceiling, run.rate, &run.resources) {
+                    case.notes.push(note);
+                }
+            }
             if batch_max > 1 {
                 case.figures.push(Figure::new(
                     "mean events per delivery",
@@ -681,6 +825,43 @@ impl Bench<'_> {
             self.finish(case, server, run.resources);
         }
         Ok(())
+    }
+
+    /// batch_max 1's ratio target as a CPU budget: what 70 % of the client's ceiling
+    /// leaves per delivery on this machine's cores, what the bare client and receiver
+    /// take of it (measured with the ceiling), what publishing the event takes
+    /// (ingest-batch, if it ran), and what hookd spent beyond both in this run.
+    fn budget_note(&self, ceiling: f64, rate: f64, used: &Resources) -> Option<String> {
+        let client = *self.ceilings.client_cpu_us_per_delivery.get(&1)?;
+        let deliveries = rate * used.phase_s;
+        if ceiling <= 0.0 || deliveries <= 0.0 {
+            return None;
+        }
+        let cores = thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let budget = cores * 1e6 / (0.7 * ceiling);
+        let spent = (used.phase_cpu_s + used.bench_phase_cpu_s) * 1e6 / deliveries;
+        let mut note = format!(
+            "CPU per delivery: 70 % of the client's ceiling leaves {budget:.1} µs on {cores} \
+             cores; the bare client and receiver take {client:.1} µs of it (measured with \
+             the ceiling); this run spent {spent:.1} µs in all (hookd, generator, receiver)"
+        );
+        if let Some(publish) = self.publish_cpu_us {
+            note.push_str(&format!(
+                "; publishing an event costs {publish:.1} µs (ingest-batch, hookd and \
+                 generator, its deliveries in batches of up to 1000 included), which leaves \
+                 {:.1} µs per delivery for the rest of hookd's work (claim, hand-offs, \
+                 durable outcome, log), against the {:.1} µs it spent on it here",
+                budget - client - publish,
+                spent - client - publish
+            ));
+        }
+        if let Some(outcome) = self.ceilings.outcome_cpu_us {
+            note.push_str(&format!(
+                "; recording an outcome alone, as bare SQLite does it (the delivery marked \
+                 done and an attempt row, 64 per commit), takes {outcome:.1} µs"
+            ));
+        }
+        Some(note)
     }
 
     /// One delivery phase on a running hookd whose hooks `0..h` take `bench.h{i}` with
