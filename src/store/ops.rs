@@ -345,16 +345,19 @@ fn delete_hook(
         params![hook.id, now],
     )
     .ctx("cancelling a deleted hook's deliveries")?;
+    // Found through the key's ends, not by reading the tail: a hook deleted with
+    // millions of rows queued does not hold the writer (and every publish) meanwhile.
     conn.execute(
         concat!(
             "INSERT INTO batches (hook_id, first_seq, last_seq, id, status, attempts,
                                   next_attempt_at, created_at, updated_at)
-             SELECT ?1, min(d.seq), max(d.seq), ?3, 'cancelled', 0, NULL, min(e.created_at), ?2
+             SELECT ?1, d.seq, (SELECT max(seq) FROM deliveries WHERE hook_id = ?1), ?3,
+                    'cancelled', 0, NULL, e.created_at, ?2
              FROM deliveries d CROSS JOIN events e ON e.id = d.event_id
              WHERE d.hook_id = ?1 AND d.seq > ",
             batched!("?1"),
             "
-             HAVING count(*) > 0"
+             ORDER BY d.seq LIMIT 1"
         ),
         params![hook.id, now, new_id("dlv")],
     )
@@ -1088,36 +1091,59 @@ fn prune(conn: &Connection, cutoff: Millis, limit: u32) -> Result<u64, StoreErro
             .and_then(|mut s| s.execute(params![bound, limit]))
             .ctx(what)
     };
-    // A finished batch goes with its rows. A hook's last sequence number lives in the
-    // writer's memory and is recovered at start from its newest row, so before that row
-    // goes the number is kept in `hooks.last_seq`.
+    // A finished batch goes with its rows, at most `limit` rows a call. A batch larger
+    // than what is left of that (only a deleted hook's cancelled tail can be: the others
+    // hold at most `batch_max` rows) loses its oldest rows and keeps the rest under a
+    // higher `first_seq`, so a tail of millions is pruned over many calls, each a short
+    // wait for the publishes behind it, rather than in one long one. A hook's last
+    // sequence number lives in the writer's memory and is recovered at start from its
+    // newest row, so before that row goes the number is kept in `hooks.last_seq`.
     let mut newest: HashMap<String, i64> = HashMap::new();
     let mut deliveries = 0usize;
-    let gone: Vec<(String, i64, i64)> = {
-        let mut stmt = conn
-            .prepare_cached(
-                "DELETE FROM batches WHERE id IN (
-                     SELECT id FROM batches
-                     WHERE id < ?1 AND status IN ('delivered', 'dead', 'cancelled') LIMIT ?2)
-                 RETURNING hook_id, first_seq, last_seq",
-            )
-            .ctx("pruning deliveries")?;
-        let rows = stmt
-            .query_map(params![dlv_bound, limit], |r| {
+    let finished: Vec<(String, i64, i64)> = conn
+        .prepare_cached(
+            "SELECT hook_id, first_seq, last_seq FROM batches
+             WHERE id < ?1 AND status IN ('delivered', 'dead', 'cancelled') LIMIT ?2",
+        )
+        .and_then(|mut s| {
+            s.query_map(params![dlv_bound, limit], |r| {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-            })
-            .ctx("pruning deliveries")?;
-        rows.collect::<Result<_, _>>().ctx("pruning deliveries")?
-    };
+            })?
+            .collect()
+        })
+        .ctx("pruning deliveries")?;
     let mut rows = conn
         .prepare_cached("DELETE FROM deliveries WHERE hook_id = ?1 AND seq BETWEEN ?2 AND ?3")
         .ctx("pruning deliveries")?;
-    for (hook, first, last) in gone {
+    let mut left = i64::from(limit.max(1));
+    for (hook, first, last) in finished {
+        if left == 0 {
+            break;
+        }
+        let upto = last.min(first + left - 1);
         deliveries += rows
-            .execute(params![hook, first, last])
+            .execute(params![hook, first, upto])
             .ctx("pruning deliveries")?;
-        let e = newest.entry(hook).or_insert(last);
-        *e = (*e).max(last);
+        left -= upto - first + 1;
+        let (sql, value) = if upto == last {
+            (
+                "DELETE FROM batches WHERE hook_id = ?1 AND first_seq = ?2",
+                None,
+            )
+        } else {
+            (
+                "UPDATE batches SET first_seq = ?3 WHERE hook_id = ?1 AND first_seq = ?2",
+                Some(upto + 1),
+            )
+        };
+        conn.prepare_cached(sql)
+            .and_then(|mut s| match value {
+                None => s.execute(params![hook, first]),
+                Some(v) => s.execute(params![hook, first, v]),
+            })
+            .ctx("pruning deliveries")?;
+        let e = newest.entry(hook).or_insert(upto);
+        *e = (*e).max(upto);
     }
     let mut floor = conn
         .prepare_cached("UPDATE hooks SET last_seq = ?2 WHERE id = ?1 AND last_seq < ?2")

@@ -1384,6 +1384,67 @@ mod tests {
         );
     }
 
+    /// A deleted hook's unsent tail becomes one cancelled batch from its first row to
+    /// its last, and retention prunes it at most `limit` rows a call: the batch keeps
+    /// its newest rows under a higher first sequence until the last call takes it, the
+    /// events go once no row needs them, and the hook's numbering is kept.
+    #[test]
+    fn a_deleted_hooks_long_tail_is_pruned_a_limit_at_a_time() {
+        let (_dir, mut conn, secrets, mut state) = fresh_store("tail");
+        let hook = create_hook(&mut conn, &mut state, &secrets, "t.*");
+        let kept = create_hook(&mut conn, &mut state, &secrets, "k.*");
+        let mut events: Vec<NewEvent> = (0..25).map(|_| event("t.x", None)).collect();
+        events.push(event("k.x", None));
+        let results = group(&mut conn, &mut state, &secrets, vec![publish(events)]);
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+        let delete = WriteOp::DeleteHook {
+            id: hook.id.clone(),
+            scope: None,
+        };
+        let results = group(&mut conn, &mut state, &secrets, vec![delete]);
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+        assert_eq!(batches(&conn, &hook.id), [(1, 25, "cancelled".into())]);
+
+        let prune = |conn: &mut Connection, state: &mut WriterState| {
+            let op = WriteOp::Prune {
+                cutoff: crate::clock::now_ms() + 60_000,
+                limit: 10,
+            };
+            match group(conn, state, &secrets, vec![op]).pop() {
+                Some(Ok(WriteOutput::Count(n))) => n,
+                other => panic!("pruning: {other:?}"),
+            }
+        };
+        let events_left = |conn: &Connection| -> i64 {
+            conn.query_row("SELECT count(*) FROM events", [], |r| r.get(0))
+                .unwrap()
+        };
+        assert_eq!(prune(&mut conn, &mut state), 10);
+        assert_eq!(batches(&conn, &hook.id), [(11, 25, "cancelled".into())]);
+        assert_eq!(hook_rows(&conn, &hook.id).first().map(|r| r.0), Some(11));
+        assert_eq!(
+            events_left(&conn),
+            16,
+            "15 of the tail's and the kept hook's"
+        );
+        assert_eq!(prune(&mut conn, &mut state), 10);
+        assert_eq!(batches(&conn, &hook.id), [(21, 25, "cancelled".into())]);
+        assert_eq!(prune(&mut conn, &mut state), 5);
+        assert!(batches(&conn, &hook.id).is_empty());
+        assert!(hook_rows(&conn, &hook.id).is_empty());
+        assert_eq!(prune(&mut conn, &mut state), 0);
+        assert_eq!(events_left(&conn), 1, "the kept hook's unsent event stays");
+        assert_eq!(hook_rows(&conn, &kept.id), [(1, "k.x".to_string())]);
+        let last_seq: i64 = conn
+            .query_row(
+                "SELECT last_seq FROM hooks WHERE id = ?1",
+                [&hook.id],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(last_seq, 25, "the hook's numbering is kept");
+    }
+
     #[test]
     fn outcomes_wait_for_outcomes_on_their_way_and_nothing_else_waits() {
         let (tx, rx) = crossbeam_channel::unbounded();
