@@ -29,7 +29,7 @@ fn spawn<F: FnOnce() + Send + 'static>(name: String, f: F) -> Result<JoinHandle<
 /// Binds the API socket. Read and write timeouts set on the listening socket are
 /// inherited by accepted connections on Linux: a client that stops sending (half a
 /// request, a trickled body) or stops reading is dropped instead of holding a thread.
-fn bind(addr: std::net::SocketAddr, timeout: Duration) -> Result<TcpListener, Error> {
+pub fn bind(addr: std::net::SocketAddr, timeout: Duration) -> Result<TcpListener, Error> {
     let listener = TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     let socket = socket2::SockRef::from(&listener);
     socket.set_read_timeout(Some(timeout))?;

@@ -125,7 +125,38 @@ impl Http {
         handlers: Arc<Handlers>,
     ) -> std::io::Result<Http> {
         tiny_http::set_body_deadline(body_deadline);
-        let serve: tiny_http::InlineHandler = Arc::new(move |request| handlers.serve(request));
+        Http::start(listener, Arc::new(move |request| handlers.serve(request)))
+    }
+
+    /// The same server doing no work: each request's body is read to its end and the
+    /// request answered 202 with `body` as JSON. `hookd bench` measures the bound the
+    /// HTTP stack alone puts on publishing with it (src/bench/bounds.rs).
+    pub fn noop(listener: std::net::TcpListener, body: &'static str) -> std::io::Result<Http> {
+        let content_type = header("Content-Type", "application/json");
+        Http::start(
+            listener,
+            Arc::new(move |mut request| {
+                let mut sink = Vec::new();
+                if request.as_reader().read_to_end(&mut sink).is_err() {
+                    return;
+                }
+                let mut response = Response::new(
+                    202.into(),
+                    Vec::new(),
+                    Cursor::new(body.as_bytes()),
+                    Some(body.len()),
+                    None,
+                );
+                response.add_header(content_type.clone());
+                let _ = request.respond(response);
+            }),
+        )
+    }
+
+    fn start(
+        listener: std::net::TcpListener,
+        serve: tiny_http::InlineHandler,
+    ) -> std::io::Result<Http> {
         let server = Server::from_listener_inline(listener, None, Some(serve))
             .map_err(|e| std::io::Error::other(e.to_string()))?;
         Ok(Http { _server: server })

@@ -1,58 +1,42 @@
-//! The bounds single publishes meet before hookd does any work of its own (issue 5
-//! asks, where a target is out of reach, for the figure of the bound itself):
+//! The bounds publishing and delivering meet before hookd does any work of its own
+//! (issue 5 asks, where a target is out of reach, for the figure of the bound itself):
 //!
-//! - [`NoopStack`]: hookd's HTTP server doing no work. The vendored tiny_http, started
-//!   as `api::Http` starts it (requests served inline on each connection's thread,
-//!   `TCP_NODELAY` inherited from the listener), whose handler reads the body and
-//!   answers 202 with a publish result of hookd's size.
+//! - [`NoopStack`]: hookd's HTTP server doing no work: `api::Http::noop`, started as
+//!   `api::Http` starts hookd's (requests served inline on each connection's thread)
+//!   on a listener bound by `server::bind` (`TCP_NODELAY` and timeouts inherited),
+//!   reading each body and answering 202 with a publish result of hookd's size.
 //! - [`durable_commits`]: how many durable commits one SQLite file on this disk takes
 //!   per second, each of `rows` publish-sized rows and nothing else (no index, no
 //!   outbox). A publish is answered only once its event is committed, and a closed-loop
 //!   client has one publish out at a time, so no server on one SQLite file can accept
 //!   more than `clients × commits/s` single publishes per second from `clients` of them.
+//! - [`outcome_cpu_us`]: the CPU of the least a durable delivery log records per
+//!   attempt, for batch_max 1's budget (one delivery per attempt).
 
-use std::io::{self, Cursor};
-use std::net::{SocketAddr, TcpListener};
+use std::io;
+use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-use tiny_http::{Header, Response, Server};
 
 /// The one result hookd answers a single publish with, at its size.
 const RESULT: &str = r#"{"id":"evt_01KBENCH0000000000000000000","deliveries":1}"#;
 
-/// A running no-op server; dropping it stops accepting.
+/// hookd's HTTP server doing no work (`api::Http::noop`), on a listener bound as
+/// `hookd serve` binds its own; dropping it stops accepting.
 pub struct NoopStack {
     pub addr: SocketAddr,
-    _server: Server,
+    _server: crate::api::Http,
 }
 
 impl NoopStack {
     pub fn start() -> io::Result<NoopStack> {
-        let listener = TcpListener::bind("127.0.0.1:0")?;
-        socket2::SockRef::from(&listener).set_tcp_nodelay(true)?;
+        let listener = crate::server::bind(
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            Duration::from_secs(30),
+        )
+        .map_err(|e| io::Error::other(e.to_string()))?;
         let addr = listener.local_addr()?;
-        let content_type = Header::from_bytes(&b"Content-Type"[..], &b"application/json"[..])
-            .expect("static header is valid");
-        let serve: tiny_http::InlineHandler = Arc::new(move |mut request| {
-            // Read the body as hookd's handlers do (to its end, into a buffer).
-            let mut body = Vec::new();
-            if request.as_reader().read_to_end(&mut body).is_err() {
-                return;
-            }
-            let mut response = Response::new(
-                202.into(),
-                Vec::new(),
-                Cursor::new(RESULT.as_bytes()),
-                Some(RESULT.len()),
-                None,
-            );
-            response.add_header(content_type.clone());
-            let _ = request.respond(response);
-        });
-        let server = Server::from_listener_inline(listener, None, Some(serve))
-            .map_err(|e| io::Error::other(e.to_string()))?;
+        let server = crate::api::Http::noop(listener, RESULT)?;
         Ok(NoopStack {
             addr,
             _server: server,
