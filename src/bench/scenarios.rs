@@ -59,6 +59,23 @@ fn ingest_hook() -> HookSpec {
 }
 
 /// The hooks of the delivery phases: hook `i` takes `bench.h{i}`.
+/// Events/s of `clients` connections publishing `body` in a closed loop to a server
+/// that is not hookd (a ceiling or a bound), for `length`; nothing is recorded.
+fn unchecked_rate(addr: SocketAddr, clients: usize, body: &Body, length: Duration) -> f64 {
+    loadgen::closed_loop(&Plan {
+        addr,
+        clients,
+        bodies: std::slice::from_ref(body),
+        until: Instant::now() + length,
+        max_events: None,
+        window: None,
+        record: false,
+        progress: None,
+        enough: None,
+    })
+    .rate()
+}
+
 fn deliver_hooks(h: usize, batch_max: u32) -> Vec<HookSpec> {
     (0..h)
         .map(|i| HookSpec {
@@ -426,18 +443,12 @@ impl Bench<'_> {
         self.progress(&format!(
             "ceiling: generator, {clients} clients, {per_request} event(s) per publish, against the no-op server"
         ));
-        let out = loadgen::closed_loop(&Plan {
-            addr: self.rx.addr,
+        let rate = unchecked_rate(
+            self.rx.addr,
             clients,
-            bodies: std::slice::from_ref(&body),
-            until: Instant::now() + secs(self.args.ceiling_seconds),
-            max_events: None,
-            window: None,
-            record: false,
-            progress: None,
-            enough: None,
-        });
-        let rate = out.rate();
+            &body,
+            secs(self.args.ceiling_seconds),
+        );
         self.ceilings
             .generator_events_per_s
             .insert(per_request, rate);
@@ -463,18 +474,7 @@ impl Bench<'_> {
         self.progress(&format!(
             "bound: generator, {clients} clients, single publishes, against hookd's HTTP server doing no work"
         ));
-        let out = loadgen::closed_loop(&Plan {
-            addr: stack.addr,
-            clients,
-            bodies: std::slice::from_ref(&body),
-            until: Instant::now() + self.bound_length(),
-            max_events: None,
-            window: None,
-            record: false,
-            progress: None,
-            enough: None,
-        });
-        let rate = out.rate();
+        let rate = unchecked_rate(stack.addr, clients, &body, self.bound_length());
         self.ceilings.http_stack_events_per_s = Some(rate);
         Some(rate)
     }
