@@ -151,23 +151,28 @@ fn the_writer_runs_at_a_raised_priority_or_says_why_not() {
             std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == "writer")
         })
         .expect("a thread named writer");
-    let stat = std::fs::read_to_string(writer.path().join("stat")).unwrap();
-    // Fields after the command name (which ends with the last ')'): state is field 3,
-    // nice field 19.
-    let after_comm = &stat[stat.rfind(')').unwrap() + 2..];
-    let nice: i32 = after_comm.split(' ').nth(16).unwrap().parse().unwrap();
+    // The thread sets its own priority as its first act, which may come a moment after
+    // the server says it is listening: poll until it has done one or the other.
+    let nice_now = || -> i32 {
+        let stat = std::fs::read_to_string(writer.path().join("stat")).unwrap();
+        // Fields after the command name (which ends with the last ')'): state is field
+        // 3, nice field 19.
+        let after_comm = &stat[stat.rfind(')').unwrap() + 2..];
+        after_comm.split(' ').nth(16).unwrap().parse().unwrap()
+    };
+    let said = || {
+        hookd
+            .stderr()
+            .contains("writer: keeps the default priority")
+    };
+    let settled = wait_until_or(WAIT, || (nice_now() == -10 || said()).then_some(()));
+    let nice = nice_now();
+    assert!(
+        settled.is_some(),
+        "the writer runs at nice {nice}, not -10, and did not say why:\n{}",
+        hookd.stderr()
+    );
     if nice != -10 {
-        let said = wait_until_or(WAIT, || {
-            hookd
-                .stderr()
-                .contains("writer: keeps the default priority")
-                .then_some(())
-        });
-        assert!(
-            said.is_some(),
-            "the writer runs at nice {nice}, not -10, and did not say why:\n{}",
-            hookd.stderr()
-        );
         assert_eq!(
             nice, 0,
             "the writer's nice value is neither -10 nor the default"
