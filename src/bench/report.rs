@@ -283,10 +283,10 @@ pub struct Ceilings {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub http_stack_events_per_s: Option<f64>,
     /// Durable commits per second of one SQLite file on this disk (`bench::bounds`),
-    /// keyed by publish-sized rows per commit.
+    /// keyed by publish-sized rows per commit (`store::probe::durable_commits`).
     pub durable_commits_per_s: BTreeMap<usize, f64>,
     /// CPU per outcome of the least a durable delivery log records per attempt
-    /// (`bench::bounds::outcome_cpu_us`), microseconds.
+    /// (`store::probe::outcome_cpu_us`), microseconds.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub outcome_cpu_us: Option<f64>,
 }

@@ -487,7 +487,7 @@ impl Bench<'_> {
     }
 
     /// Durable commits/s of `rows` publish-sized rows each on one SQLite file in the
-    /// bench's directory (`bounds::durable_commits`). `None` if it failed.
+    /// bench's directory (`store::probe::durable_commits`). `None` if it failed.
     fn commit_bound(&mut self, rows: usize) -> Option<f64> {
         if let Some(v) = self.ceilings.durable_commits_per_s.get(&rows) {
             return Some(*v);
@@ -497,7 +497,7 @@ impl Bench<'_> {
         ));
         let row_bytes = loadgen::event_json("bench.ingest").len();
         let dir = self.dir.join("bound-commits");
-        match bounds::durable_commits(&dir, rows, row_bytes, self.bound_length()) {
+        match crate::store::probe::durable_commits(&dir, rows, row_bytes, self.bound_length()) {
             Ok(rate) => {
                 self.ceilings.durable_commits_per_s.insert(rows, rate);
                 Some(rate)
@@ -509,13 +509,13 @@ impl Bench<'_> {
         }
     }
 
-    /// CPU per outcome of a bare durable delivery log (`bounds::outcome_cpu_us`) over
+    /// CPU per outcome of a bare durable delivery log (`store::probe::outcome_cpu_us`) over
     /// `--hooks` hooks. `None` if it failed.
     fn outcome_bound(&mut self) -> Option<f64> {
         if self.ceilings.outcome_cpu_us.is_none() {
             self.progress("bound: CPU per outcome of a bare durable delivery log");
             let dir = self.dir.join("bound-outcomes");
-            match bounds::outcome_cpu_us(&dir, self.args.hooks, self.bound_length()) {
+            match crate::store::probe::outcome_cpu_us(&dir, self.args.hooks, self.bound_length()) {
                 Ok(v) => self.ceilings.outcome_cpu_us = Some(v),
                 Err(e) => self.notes.push(e),
             }

@@ -21,6 +21,7 @@ macro_rules! batched {
 
 pub mod fill;
 mod ops;
+pub mod probe;
 pub mod read;
 pub mod recent;
 pub mod reply;
