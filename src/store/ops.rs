@@ -1100,16 +1100,23 @@ fn prune(conn: &Connection, cutoff: Millis, limit: u32) -> Result<u64, StoreErro
     // newest row, so before that row goes the number is kept in `hooks.last_seq`.
     let mut newest: HashMap<String, i64> = HashMap::new();
     let mut deliveries = 0usize;
+    // Read only as many batches as cover `limit` rows (one row each at batch_max 1, up
+    // to 1,000 each otherwise), all before any is deleted.
     let finished: Vec<(String, i64, i64)> = conn
         .prepare_cached(
             "SELECT hook_id, first_seq, last_seq FROM batches
              WHERE id < ?1 AND status IN ('delivered', 'dead', 'cancelled') LIMIT ?2",
         )
         .and_then(|mut s| {
-            s.query_map(params![dlv_bound, limit], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-            })?
-            .collect()
+            let mut found = s.query(params![dlv_bound, limit])?;
+            let (mut out, mut covered) = (Vec::new(), 0i64);
+            while covered < i64::from(limit) {
+                let Some(r) = found.next()? else { break };
+                let (hook, first, last): (String, i64, i64) = (r.get(0)?, r.get(1)?, r.get(2)?);
+                covered += last - first + 1;
+                out.push((hook, first, last));
+            }
+            Ok(out)
         })
         .ctx("pruning deliveries")?;
     let mut rows = conn
