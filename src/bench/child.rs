@@ -228,6 +228,11 @@ pub fn own_stats() -> ProcStats {
     proc_stats("/proc/self")
 }
 
+/// The calling thread's CPU seconds (user + system).
+pub fn thread_cpu_s() -> f64 {
+    proc_stats("/proc/thread-self").cpu_s
+}
+
 fn proc_stats(dir: &str) -> ProcStats {
     let mut out = ProcStats::default();
     if let Ok(status) = std::fs::read_to_string(format!("{dir}/status")) {

@@ -132,6 +132,16 @@ pub struct Resources {
     pub phase_s: f64,
 }
 
+impl Resources {
+    /// hookd's and the benchmark's CPU together per event of the phase, microseconds:
+    /// what the whole machine spent on each.
+    pub fn all_cpu_us_per_event(&self) -> Option<f64> {
+        let hookd = self.cpu_us_per_event?;
+        (self.phase_cpu_s > 0.0)
+            .then(|| hookd * (self.phase_cpu_s + self.bench_phase_cpu_s) / self.phase_cpu_s)
+    }
+}
+
 /// Whether every delivery arrived, once, intact.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Check {

@@ -58,7 +58,6 @@ fn ingest_hook() -> HookSpec {
     }
 }
 
-/// The hooks of the delivery phases: hook `i` takes `bench.h{i}`.
 /// Events/s of `clients` connections publishing `body` in a closed loop to a server
 /// that is not hookd (a ceiling or a bound), for `length`; nothing is recorded.
 fn unchecked_rate(addr: SocketAddr, clients: usize, body: &Body, length: Duration) -> f64 {
@@ -76,6 +75,7 @@ fn unchecked_rate(addr: SocketAddr, clients: usize, body: &Body, length: Duratio
     .rate()
 }
 
+/// The hooks of the delivery phases: hook `i` takes `bench.h{i}`.
 fn deliver_hooks(h: usize, batch_max: u32) -> Vec<HookSpec> {
     (0..h)
         .map(|i| HookSpec {
@@ -457,7 +457,7 @@ impl Bench<'_> {
 
     /// The generator against hookd's HTTP server doing no work (`bounds`): single
     /// publishes/s from `clients` connections. `None` if it could not be started.
-    fn http_stack_ceiling(&mut self, clients: usize) -> Option<f64> {
+    fn http_stack_bound(&mut self, clients: usize) -> Option<f64> {
         if let Some(v) = self.ceilings.http_stack_events_per_s {
             return Some(v);
         }
@@ -515,7 +515,12 @@ impl Bench<'_> {
         if self.ceilings.outcome_cpu_us.is_none() {
             self.progress("bound: CPU per outcome of a bare durable delivery log");
             let dir = self.dir.join("bound-outcomes");
-            match crate::store::probe::outcome_cpu_us(&dir, self.args.hooks, self.bound_length()) {
+            match crate::store::probe::outcome_cpu_us(
+                &dir,
+                self.args.hooks,
+                self.bound_length(),
+                super::child::thread_cpu_s,
+            ) {
                 Ok(v) => self.ceilings.outcome_cpu_us = Some(v),
                 Err(e) => self.notes.push(e),
             }
@@ -628,7 +633,7 @@ impl Bench<'_> {
             (None, None)
         } else {
             (
-                self.http_stack_ceiling(args.clients),
+                self.http_stack_bound(args.clients),
                 self.commit_bound(args.clients),
             )
         };
@@ -657,13 +662,8 @@ impl Bench<'_> {
             figure = figure.ratio_target(r);
         }
         case.figures.push(figure);
-        if batch && run.resources.phase_s > 0.0 {
-            let events = run.rate * run.resources.phase_s;
-            if events > 0.0 {
-                self.publish_cpu_us = Some(
-                    (run.resources.phase_cpu_s + run.resources.bench_phase_cpu_s) * 1e6 / events,
-                );
-            }
+        if batch {
+            self.publish_cpu_us = run.resources.all_cpu_us_per_event();
         }
         if let Some(bound) = stack {
             // What the ratio's miss is judged against: the HTTP server hookd must use,
@@ -818,7 +818,7 @@ impl Bench<'_> {
             }
             case.figures.push(figure);
             if batch_max == 1 {
-                if let Some(note) = self.budget_note(ceiling, run.rate, &run.resources) {
+                if let Some(note) = self.budget_note(ceiling, &run.resources) {
                     case.notes.push(note);
                 }
             }
@@ -838,15 +838,14 @@ impl Bench<'_> {
     /// leaves per delivery on this machine's cores, what the bare client and receiver
     /// take of it (measured with the ceiling), what publishing the event takes
     /// (ingest-batch, if it ran), and what hookd spent beyond both in this run.
-    fn budget_note(&self, ceiling: f64, rate: f64, used: &Resources) -> Option<String> {
+    fn budget_note(&self, ceiling: f64, used: &Resources) -> Option<String> {
         let client = *self.ceilings.client_cpu_us_per_delivery.get(&1)?;
-        let deliveries = rate * used.phase_s;
-        if ceiling <= 0.0 || deliveries <= 0.0 {
+        let spent = used.all_cpu_us_per_event()?;
+        if ceiling <= 0.0 {
             return None;
         }
         let cores = thread::available_parallelism().map_or(1, |n| n.get()) as f64;
         let budget = cores * 1e6 / (0.7 * ceiling);
-        let spent = (used.phase_cpu_s + used.bench_phase_cpu_s) * 1e6 / deliveries;
         let mut note = format!(
             "CPU per delivery: 70 % of the client's ceiling leaves {budget:.1} µs on {cores} \
              cores; the bare client and receiver take {client:.1} µs of it (measured with \

@@ -1101,7 +1101,9 @@ fn prune(conn: &Connection, cutoff: Millis, limit: u32) -> Result<u64, StoreErro
     let mut newest: HashMap<String, i64> = HashMap::new();
     let mut deliveries = 0usize;
     // Read only as many batches as cover `limit` rows (one row each at batch_max 1, up
-    // to 1,000 each otherwise), all before any is deleted.
+    // to 1,000 each otherwise), all before any is deleted: only the last one read can
+    // hold more than what is left.
+    let mut left = i64::from(limit.max(1));
     let finished: Vec<(String, i64, i64)> = conn
         .prepare_cached(
             "SELECT hook_id, first_seq, last_seq FROM batches
@@ -1110,7 +1112,7 @@ fn prune(conn: &Connection, cutoff: Millis, limit: u32) -> Result<u64, StoreErro
         .and_then(|mut s| {
             let mut found = s.query(params![dlv_bound, limit])?;
             let (mut out, mut covered) = (Vec::new(), 0i64);
-            while covered < i64::from(limit) {
+            while covered < left {
                 let Some(r) = found.next()? else { break };
                 let (hook, first, last): (String, i64, i64) = (r.get(0)?, r.get(1)?, r.get(2)?);
                 covered += last - first + 1;
@@ -1122,33 +1124,22 @@ fn prune(conn: &Connection, cutoff: Millis, limit: u32) -> Result<u64, StoreErro
     let mut rows = conn
         .prepare_cached("DELETE FROM deliveries WHERE hook_id = ?1 AND seq BETWEEN ?2 AND ?3")
         .ctx("pruning deliveries")?;
-    let mut left = i64::from(limit.max(1));
     for (hook, first, last) in finished {
-        if left == 0 {
-            break;
-        }
         let upto = last.min(first + left - 1);
         deliveries += rows
             .execute(params![hook, first, upto])
             .ctx("pruning deliveries")?;
         left -= upto - first + 1;
-        let (sql, value) = if upto == last {
-            (
-                "DELETE FROM batches WHERE hook_id = ?1 AND first_seq = ?2",
-                None,
-            )
+        if upto == last {
+            conn.prepare_cached("DELETE FROM batches WHERE hook_id = ?1 AND first_seq = ?2")
+                .and_then(|mut s| s.execute(params![hook, first]))
         } else {
-            (
+            conn.prepare_cached(
                 "UPDATE batches SET first_seq = ?3 WHERE hook_id = ?1 AND first_seq = ?2",
-                Some(upto + 1),
             )
-        };
-        conn.prepare_cached(sql)
-            .and_then(|mut s| match value {
-                None => s.execute(params![hook, first]),
-                Some(v) => s.execute(params![hook, first, v]),
-            })
-            .ctx("pruning deliveries")?;
+            .and_then(|mut s| s.execute(params![hook, first, upto + 1]))
+        }
+        .ctx("pruning deliveries")?;
         let e = newest.entry(hook).or_insert(upto);
         *e = (*e).max(upto);
     }

@@ -875,16 +875,17 @@ mod tests {
         (results, woken.try_iter().collect())
     }
 
-    /// A fresh store in the temp directory: its directory, writer connection, secrets
-    /// and writer state.
-    fn fresh_store(
-        name: &str,
-    ) -> (
+    /// A store for a test: its directory (removed when dropped), writer connection,
+    /// secrets and writer state.
+    type TestStore = (
         super::super::TestDir,
         Connection,
         Arc<SecretBox>,
         WriterState,
-    ) {
+    );
+
+    /// A fresh store in the temp directory.
+    fn fresh_store(name: &str) -> TestStore {
         let dir = super::super::test_dir(&format!("writer-{name}"));
         let opened = super::super::open(&dir.join("w.db"), &dir.join("w.key")).unwrap();
         let state = WriterState::new(&opened.writer_conn).unwrap();
@@ -1168,18 +1169,10 @@ mod tests {
     }
 
     /// A store whose writer index still routes `x.*` to a hook whose row is gone, and
-    /// a sound hook for `b.*`: its directory, connection, secrets, state and the two.
-    #[allow(clippy::type_complexity)]
+    /// a sound hook for `b.*`: the store and the two hooks.
     fn store_with_a_vanished_hook(
         name: &str,
-    ) -> (
-        super::super::TestDir,
-        Connection,
-        Arc<SecretBox>,
-        WriterState,
-        crate::model::Hook,
-        crate::model::Hook,
-    ) {
+    ) -> (TestStore, crate::model::Hook, crate::model::Hook) {
         let (dir, mut conn, secrets, mut state) = fresh_store(name);
         let gone = create_hook(&mut conn, &mut state, &secrets, "x.*");
         let b = create_hook(&mut conn, &mut state, &secrets, "b.*");
@@ -1188,7 +1181,7 @@ mod tests {
         // As if no other connection had written, so the index is not reloaded.
         state.data_version = data_version(&conn).unwrap();
         assert!(state.index.slot(&gone.id).is_some());
-        (dir, conn, secrets, state, gone, b)
+        ((dir, conn, secrets, state), gone, b)
     }
 
     /// A foreign key is checked at COMMIT: the optimistic pass runs every op and its
@@ -1199,7 +1192,7 @@ mod tests {
     fn a_broken_foreign_key_fails_the_commit_and_each_op_is_committed_alone() {
         let ops = || publishes(&["b.1", "x.1", "b.2"]);
         // The pass alone: every op ran, the COMMIT refused, nothing is on disk.
-        let (_dir, mut conn, secrets, mut state, _, _) = store_with_a_vanished_hook("fk-pass");
+        let ((_dir, mut conn, secrets, mut state), _, _) = store_with_a_vanished_hook("fk-pass");
         let pass = apply_group(&mut conn, &mut state, &secrets, &ops(), Mode::Optimistic);
         assert!(
             matches!(pass, Ok(Pass::ForeignKey(_))),
@@ -1210,7 +1203,7 @@ mod tests {
         drop(conn);
 
         // The group as the writer runs it.
-        let (_dir, mut conn, secrets, mut state, gone, b) = store_with_a_vanished_hook("fk");
+        let ((_dir, mut conn, secrets, mut state), gone, b) = store_with_a_vanished_hook("fk");
         let results = group(&mut conn, &mut state, &secrets, ops());
         assert!(results.iter().all(Result::is_ok), "{results:?}");
         assert!(
@@ -1268,6 +1261,15 @@ mod tests {
         }
     }
 
+    /// The one value `sql` selects.
+    fn scalar<T: rusqlite::types::FromSql>(
+        conn: &Connection,
+        sql: &str,
+        params: impl rusqlite::Params,
+    ) -> T {
+        conn.query_row(sql, params, |r| r.get(0)).unwrap()
+    }
+
     /// A hook's batches as (first_seq, last_seq, status), in order.
     fn batches(conn: &Connection, hook: &str) -> Vec<(i64, i64, String)> {
         conn.prepare(
@@ -1292,13 +1294,11 @@ mod tests {
         let alone = create_hook(&mut conn, &mut state, &secrets, "a.*");
         let many = create_hook_batching(&mut conn, &mut state, &secrets, "m.*", 10);
         let row_id = |conn: &Connection, hook: &str, seq: i64| -> String {
-            let event: String = conn
-                .query_row(
-                    "SELECT event_id FROM deliveries WHERE hook_id = ?1 AND seq = ?2",
-                    rusqlite::params![hook, seq],
-                    |r| r.get(0),
-                )
-                .unwrap();
+            let event: String = scalar(
+                conn,
+                "SELECT event_id FROM deliveries WHERE hook_id = ?1 AND seq = ?2",
+                rusqlite::params![hook, seq],
+            );
             crate::ids::delivery_id(&event, hook)
         };
         let mut ops = publishes(&["a.1", "a.2", "a.3", "m.1", "m.2", "m.3", "m.4"]);
@@ -1331,13 +1331,11 @@ mod tests {
             [(1, 1, "delivered".into()), (2, 2, "failed".into())]
         );
         assert_eq!(batches(&conn, &many.id), [(1, 3, "failed".into())]);
-        let named: String = conn
-            .query_row(
-                "SELECT id FROM batches WHERE hook_id = ?1 AND first_seq = 2",
-                [&alone.id],
-                |r| r.get(0),
-            )
-            .unwrap();
+        let named: String = scalar(
+            &conn,
+            "SELECT id FROM batches WHERE hook_id = ?1 AND first_seq = 2",
+            [&alone.id],
+        );
         assert_eq!(named, a2, "a row sent alone is a batch named after it");
 
         let delete = |id: &str| WriteOp::DeleteHook {
@@ -1415,10 +1413,8 @@ mod tests {
                 other => panic!("pruning: {other:?}"),
             }
         };
-        let events_left = |conn: &Connection| -> i64 {
-            conn.query_row("SELECT count(*) FROM events", [], |r| r.get(0))
-                .unwrap()
-        };
+        let events_left =
+            |conn: &Connection| -> i64 { scalar(conn, "SELECT count(*) FROM events", []) };
         assert_eq!(prune(&mut conn, &mut state), 10);
         assert_eq!(batches(&conn, &hook.id), [(11, 25, "cancelled".into())]);
         assert_eq!(hook_rows(&conn, &hook.id).first().map(|r| r.0), Some(11));
@@ -1435,13 +1431,11 @@ mod tests {
         assert_eq!(prune(&mut conn, &mut state), 0);
         assert_eq!(events_left(&conn), 1, "the kept hook's unsent event stays");
         assert_eq!(hook_rows(&conn, &kept.id), [(1, "k.x".to_string())]);
-        let last_seq: i64 = conn
-            .query_row(
-                "SELECT last_seq FROM hooks WHERE id = ?1",
-                [&hook.id],
-                |r| r.get(0),
-            )
-            .unwrap();
+        let last_seq: i64 = scalar(
+            &conn,
+            "SELECT last_seq FROM hooks WHERE id = ?1",
+            [&hook.id],
+        );
         assert_eq!(last_seq, 25, "the hook's numbering is kept");
     }
 
