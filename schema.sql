@@ -21,8 +21,13 @@ CREATE TABLE api_keys (
 
 -- Subscriptions. Deleted hooks are kept (deleted_at set) so their delivery log and
 -- the ids in it stay meaningful; every query for live hooks filters them out.
+-- `key` is the name the outbox and its batches use for a hook: an integer takes 1-3
+-- bytes in their rows and index entries where the 31-byte id took 32, and those pages
+-- are most of what a publish writes. It is the rowid (INTEGER PRIMARY KEY), so
+-- VACUUM and backups (VACUUM INTO) keep it.
 CREATE TABLE hooks (
-    id                   TEXT PRIMARY KEY,
+    key                  INTEGER PRIMARY KEY,
+    id                   TEXT NOT NULL UNIQUE,
     tenant               TEXT NOT NULL,
     target_url           TEXT NOT NULL,
     events               TEXT NOT NULL,   -- JSON array of patterns
@@ -84,7 +89,7 @@ INSERT INTO meta (key, value) VALUES ('types_through', '');
 -- been sent: they are its pending tail, in seq order. A row has no id column: while
 -- it is a delivery of its own, its id is derived from its event's and hook's
 -- (ids::delivery_id), so a publish adds no index entry for it.
--- Stored in (hook_id, seq) order (WITHOUT ROWID): a hook's consecutive rows share
+-- Stored in (hook_key, seq) order (WITHOUT ROWID): a hook's consecutive rows share
 -- pages, so reading a hook's queue touches a few pages, not one page per row, whatever
 -- order the events of different hooks were published in. A row is made when its event
 -- is, so its time is its event's `created_at` (not stored again: the outbox's pages
@@ -94,10 +99,10 @@ INSERT INTO meta (key, value) VALUES ('types_through', '');
 -- statement journal, to undo itself alone; checked at COMMIT, a violation fails the
 -- transaction instead, and the writer then commits each request of its group alone.
 CREATE TABLE deliveries (
-    hook_id    TEXT NOT NULL REFERENCES hooks (id) DEFERRABLE INITIALLY DEFERRED,
+    hook_key   INTEGER NOT NULL REFERENCES hooks (key) DEFERRABLE INITIALLY DEFERRED,
     seq        INTEGER NOT NULL,
     event_id   TEXT NOT NULL REFERENCES events (id) DEFERRABLE INITIALLY DEFERRED,
-    PRIMARY KEY (hook_id, seq)
+    PRIMARY KEY (hook_key, seq)
 ) WITHOUT ROWID;
 CREATE INDEX deliveries_by_event ON deliveries (event_id);
 
@@ -108,7 +113,7 @@ CREATE INDEX deliveries_by_event ON deliveries (event_id);
 -- (batch_max 1) is a batch of its own named after the row, written with its first
 -- outcome. A deleted hook's unsent rows become one cancelled batch.
 CREATE TABLE batches (
-    hook_id         TEXT NOT NULL,
+    hook_key        INTEGER NOT NULL,            -- hooks.key
     first_seq       INTEGER NOT NULL,
     last_seq        INTEGER NOT NULL,
     id              TEXT NOT NULL UNIQUE,
@@ -118,10 +123,10 @@ CREATE TABLE batches (
     next_attempt_at INTEGER,
     created_at      INTEGER NOT NULL,            -- its first row's
     updated_at      INTEGER NOT NULL,
-    PRIMARY KEY (hook_id, first_seq)
+    PRIMARY KEY (hook_key, first_seq)
 ) WITHOUT ROWID;
 -- The dispatcher's view: each hook's batches to send (again), in sequence order.
-CREATE INDEX batches_open ON batches (hook_id, first_seq) WHERE status IN ('pending', 'failed');
+CREATE INDEX batches_open ON batches (hook_key, first_seq) WHERE status IN ('pending', 'failed');
 -- `hookd stats`: deliveries that went dead recently.
 CREATE INDEX batches_dead ON batches (updated_at) WHERE status = 'dead';
 

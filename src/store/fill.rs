@@ -129,6 +129,7 @@ fn fill(conn: &mut Connection, hooks: &[String], rows: u64) -> Result<Vec<u64>, 
         "CREATE TEMP TABLE fill_hooks (
              k      INTEGER PRIMARY KEY,  -- row i goes to hook i % (number of hooks)
              id     TEXT NOT NULL UNIQUE,
+             key    INTEGER NOT NULL,     -- hooks.key: the outbox's name for it
              tenant TEXT NOT NULL,
              type   TEXT NOT NULL,        -- an event type the hook's first pattern matches
              seq0   INTEGER NOT NULL      -- its last sequence number before the fill
@@ -140,15 +141,15 @@ fn fill(conn: &mut Connection, hooks: &[String], rows: u64) -> Result<Vec<u64>, 
     for (k, id) in hooks.iter().enumerate() {
         let found = conn
             .execute(
-                "INSERT INTO temp.fill_hooks (k, id, tenant, type, seq0)
-                 SELECT ?1, id, tenant,
+                "INSERT INTO temp.fill_hooks (k, id, key, tenant, type, seq0)
+                 SELECT ?1, id, key, tenant,
                         CASE WHEN p = '*' THEN 'outbox.fill'
                              WHEN p LIKE '%.*' THEN substr(p, 1, length(p) - 1) || 'fill'
                              ELSE p END,
-                        max(last_seq, coalesce((SELECT max(seq) FROM deliveries
-                                                WHERE hook_id = ?2), 0))
-                 FROM (SELECT id, tenant, coalesce(json_extract(events, '$[0]'), '*') AS p,
-                              last_seq
+                        max(last_seq, coalesce((SELECT max(seq) FROM deliveries d
+                                                WHERE d.hook_key = key), 0))
+                 FROM (SELECT id, key, tenant,
+                              coalesce(json_extract(events, '$[0]'), '*') AS p, last_seq
                        FROM hooks WHERE id = ?2 AND deleted_at IS NULL)",
                 params![k as i64, id],
             )
@@ -160,11 +161,15 @@ fn fill(conn: &mut Connection, hooks: &[String], rows: u64) -> Result<Vec<u64>, 
         let unsent: bool = conn
             .query_row(
                 concat!(
-                    "SELECT EXISTS (SELECT 1 FROM deliveries WHERE hook_id = ?1 AND seq > ",
+                    "SELECT EXISTS (SELECT 1 FROM deliveries WHERE hook_key = ?1 AND seq > ",
                     batched!("?1"),
                     ")"
                 ),
-                [id],
+                [conn
+                    .query_row("SELECT key FROM temp.fill_hooks WHERE k = ?1", [k as i64], |r| {
+                        r.get::<_, i64>(0)
+                    })
+                    .ctx("reading a hook to fill")?],
                 |r| r.get(0),
             )
             .ctx("reading a hook to fill")?;
@@ -232,8 +237,8 @@ fn fill(conn: &mut Connection, hooks: &[String], rows: u64) -> Result<Vec<u64>, 
         (
             "filling deliveries",
             rows_sql(
-                "INSERT INTO deliveries (hook_id, seq, event_id)",
-                "h.id, h.seq0 + n.i / ?6 + 1, 'evt_' || {id}",
+                "INSERT INTO deliveries (hook_key, seq, event_id)",
+                "h.key, h.seq0 + n.i / ?6 + 1, 'evt_' || {id}",
             ),
         ),
         // Each row was sent alone: a batch of its own, under an id that shares the
@@ -242,9 +247,9 @@ fn fill(conn: &mut Connection, hooks: &[String], rows: u64) -> Result<Vec<u64>, 
         (
             "filling batches",
             rows_sql(
-                "INSERT INTO batches (hook_id, first_seq, last_seq, id, status, attempts,
+                "INSERT INTO batches (hook_key, first_seq, last_seq, id, status, attempts,
                                       next_attempt_at, created_at, updated_at)",
-                "h.id, h.seq0 + n.i / ?6 + 1, h.seq0 + n.i / ?6 + 1, 'dlv_' || {id},
+                "h.key, h.seq0 + n.i / ?6 + 1, h.seq0 + n.i / ?6 + 1, 'dlv_' || {id},
                  'delivered', 1, NULL, n.ms, n.ms + 1",
             ),
         ),
@@ -375,7 +380,7 @@ mod tests {
         (dir, db, ids)
     }
 
-    /// (id, hook_id, seq, event_id, batch id, batch status, attempts, next_attempt_at,
+    /// (id, hook id, seq, event_id, batch id, batch status, attempts, next_attempt_at,
     /// created_at) of every delivery, with the batch that holds it, in insertion order.
     type Row = (
         String,
@@ -392,11 +397,12 @@ mod tests {
     fn deliveries(conn: &Connection) -> Vec<Row> {
         let mut stmt = conn
             .prepare(
-                "SELECT b.id, d.hook_id, d.seq, d.event_id, b.id, b.status, b.attempts,
+                "SELECT b.id, h.id, d.seq, d.event_id, b.id, b.status, b.attempts,
                         b.next_attempt_at, e.created_at
-                 FROM deliveries d JOIN batches b ON b.hook_id = d.hook_id
+                 FROM deliveries d JOIN batches b ON b.hook_key = d.hook_key
                      AND d.seq BETWEEN b.first_seq AND b.last_seq
                  JOIN events e ON e.id = d.event_id
+                 JOIN hooks h ON h.key = d.hook_key
                  ORDER BY b.id",
             )
             .unwrap();
@@ -501,12 +507,12 @@ mod tests {
             count_with(
                 &conn,
                 "SELECT count(*) FROM deliveries d
-                 JOIN batches b ON b.hook_id = d.hook_id AND b.first_seq = d.seq
+                 JOIN batches b ON b.hook_key = d.hook_key AND b.first_seq = d.seq
                                 AND b.last_seq = d.seq
                  JOIN attempts a ON a.delivery_id = b.id AND a.status_code = 204
                                  AND a.error IS NULL
                  JOIN events e ON e.id = d.event_id AND a.at = e.created_at
-                 JOIN hooks h ON h.id = d.hook_id AND h.tenant = e.tenant
+                 JOIN hooks h ON h.key = d.hook_key AND h.tenant = e.tenant
                  WHERE e.type = CASE WHEN h.id = ?1 THEN 'orders.fill'
                                      ELSE json_extract(h.events, '$[0]') END",
                 &hooks[0]
@@ -555,7 +561,8 @@ mod tests {
         )
         .unwrap();
         conn.execute(
-            "INSERT INTO deliveries (hook_id, seq, event_id) VALUES (?1, ?2, ?3)",
+            "INSERT INTO deliveries (hook_key, seq, event_id)
+             VALUES ((SELECT key FROM hooks WHERE id = ?1), ?2, ?3)",
             params![hook, seq, evt],
         )
         .unwrap();
@@ -568,9 +575,9 @@ mod tests {
         let dlv = crate::ids::new_id("dlv");
         queue_row(&conn, &hooks[0], 7);
         conn.execute(
-            "INSERT INTO batches (hook_id, first_seq, last_seq, id, status, attempts,
+            "INSERT INTO batches (hook_key, first_seq, last_seq, id, status, attempts,
                                   created_at, updated_at)
-             VALUES (?2, 7, 7, ?1, 'delivered', 1, 1, 1)",
+             VALUES ((SELECT key FROM hooks WHERE id = ?2), 7, 7, ?1, 'delivered', 1, 1, 1)",
             params![dlv, hooks[0]],
         )
         .unwrap();

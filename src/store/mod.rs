@@ -3,8 +3,8 @@
 //! transaction; reads use their own connections ([`read::Reader`]). Knows nothing of
 //! HTTP or of delivery transport.
 
-/// SQL for the last sequence number of the hook `$hook` (an SQL expression, a
-/// literal) that is in a batch, 0 when none is: its rows after it are its unsent tail.
+/// SQL for the last sequence number of the hook whose key is `$hook` (an SQL
+/// expression, a literal) that is in a batch, 0 when none is: its rows after it are its unsent tail.
 /// The batch with the highest first_seq has the highest last_seq (a hook's batches do
 /// not overlap), so this is one probe of the batches' key. A macro, so that the
 /// queries built with it are `concat!`-ed constants, not strings formatted at every
@@ -12,7 +12,7 @@
 macro_rules! batched {
     ($hook:literal) => {
         concat!(
-            "coalesce((SELECT last_seq FROM batches WHERE hook_id = ",
+            "coalesce((SELECT last_seq FROM batches WHERE hook_key = ",
             $hook,
             " ORDER BY first_seq DESC LIMIT 1), 0)"
         )
@@ -234,6 +234,79 @@ END;",
          SELECT hook_id, seq, event_id FROM deliveries_v6 ORDER BY hook_id, seq;
      DROP TABLE deliveries_v6;
      CREATE INDEX deliveries_by_event ON deliveries (event_id);",
+    // 8: the outbox and its batches name a hook by an integer key instead of its id
+    // (schema.sql, `hooks.key`). Each hook keeps its rowid as its key; the three tables
+    // are copied, the outbox and batches in their new key order.
+    "ALTER TABLE deliveries RENAME TO deliveries_v7;
+     ALTER TABLE batches RENAME TO batches_v7;
+     ALTER TABLE hooks RENAME TO hooks_v7;
+     DROP INDEX hooks_by_tenant;
+     DROP INDEX deliveries_by_event;
+     DROP INDEX batches_open;
+     DROP INDEX batches_dead;
+     CREATE TABLE hooks (
+    key                  INTEGER PRIMARY KEY,
+    id                   TEXT NOT NULL UNIQUE,
+    tenant               TEXT NOT NULL,
+    target_url           TEXT NOT NULL,
+    events               TEXT NOT NULL,   -- JSON array of patterns
+    payload              TEXT NOT NULL CHECK (payload IN ('skinny', 'full')),
+    batch_max            INTEGER NOT NULL CHECK (batch_max BETWEEN 1 AND 1000),
+    status               TEXT NOT NULL CHECK (status IN ('pending', 'active', 'inactive')),
+    secret               TEXT NOT NULL,   -- sealed with the key file (src/secrets.rs)
+    previous_secret      TEXT,            -- sealed; still signs until previous_until
+    previous_until       INTEGER,
+    pending_target_url   TEXT,            -- a new URL waiting for its handshake
+    verify_code_hash     BLOB,            -- SHA-256 of the outstanding handshake code
+    last_seq             INTEGER NOT NULL DEFAULT 0,  -- floor of the sequence, kept by retention (the writer counts in memory)
+    consecutive_failures INTEGER NOT NULL DEFAULT 0,
+    created_at           INTEGER NOT NULL,
+    updated_at           INTEGER NOT NULL,
+    deleted_at           INTEGER
+);
+     INSERT INTO hooks (key, id, tenant, target_url, events, payload, batch_max, status, secret,
+                        previous_secret, previous_until, pending_target_url, verify_code_hash,
+                        last_seq, consecutive_failures, created_at, updated_at, deleted_at)
+         SELECT rowid, id, tenant, target_url, events, payload, batch_max, status, secret,
+                previous_secret, previous_until, pending_target_url, verify_code_hash,
+                last_seq, consecutive_failures, created_at, updated_at, deleted_at
+         FROM hooks_v7 ORDER BY rowid;
+     CREATE TABLE deliveries (
+    hook_key   INTEGER NOT NULL REFERENCES hooks (key) DEFERRABLE INITIALLY DEFERRED,
+    seq        INTEGER NOT NULL,
+    event_id   TEXT NOT NULL REFERENCES events (id) DEFERRABLE INITIALLY DEFERRED,
+    PRIMARY KEY (hook_key, seq)
+) WITHOUT ROWID;
+     INSERT INTO deliveries (hook_key, seq, event_id)
+         SELECT h.key, d.seq, d.event_id
+         FROM deliveries_v7 d CROSS JOIN hooks h ON h.id = d.hook_id
+         ORDER BY h.key, d.seq;
+     CREATE TABLE batches (
+    hook_key        INTEGER NOT NULL,            -- hooks.key
+    first_seq       INTEGER NOT NULL,
+    last_seq        INTEGER NOT NULL,
+    id              TEXT NOT NULL UNIQUE,
+    status          TEXT NOT NULL
+                    CHECK (status IN ('pending', 'failed', 'delivered', 'dead', 'cancelled')),
+    attempts        INTEGER NOT NULL DEFAULT 0,  -- in the current round of the schedule
+    next_attempt_at INTEGER,
+    created_at      INTEGER NOT NULL,            -- its first row's
+    updated_at      INTEGER NOT NULL,
+    PRIMARY KEY (hook_key, first_seq)
+) WITHOUT ROWID;
+     INSERT INTO batches (hook_key, first_seq, last_seq, id, status, attempts, next_attempt_at,
+                          created_at, updated_at)
+         SELECT h.key, b.first_seq, b.last_seq, b.id, b.status, b.attempts, b.next_attempt_at,
+                b.created_at, b.updated_at
+         FROM batches_v7 b CROSS JOIN hooks h ON h.id = b.hook_id
+         ORDER BY h.key, b.first_seq;
+     DROP TABLE deliveries_v7;
+     DROP TABLE batches_v7;
+     DROP TABLE hooks_v7;
+     CREATE INDEX hooks_by_tenant ON hooks (tenant, id) WHERE deleted_at IS NULL;
+     CREATE INDEX deliveries_by_event ON deliveries (event_id);
+     CREATE INDEX batches_open ON batches (hook_key, first_seq) WHERE status IN ('pending', 'failed');
+     CREATE INDEX batches_dead ON batches (updated_at) WHERE status = 'dead';",
 ];
 
 /// Bytes the WAL file is truncated back to after a checkpoint.
@@ -974,8 +1047,8 @@ mod tests {
             rows.map(Result::unwrap).collect()
         };
         assert_eq!(
-            all("SELECT json_array(hook_id, seq, event_id)
-                 FROM deliveries ORDER BY hook_id, seq"),
+            all("SELECT json_array(h.id, d.seq, d.event_id)
+                 FROM deliveries d JOIN hooks h ON h.key = d.hook_key ORDER BY h.id, d.seq"),
             [
                 r#"["hk_1",1,"ev_1"]"#,
                 r#"["hk_1",2,"ev_2"]"#,
@@ -991,9 +1064,9 @@ mod tests {
         // of its hook, a batch of its own; dl_7, the unsent tail, none.
         assert_eq!(
             all(
-                "SELECT json_array(id, hook_id, first_seq, last_seq, status, attempts,
-                                   next_attempt_at, created_at, updated_at)
-                 FROM batches ORDER BY id"
+                "SELECT json_array(b.id, h.id, b.first_seq, b.last_seq, b.status, b.attempts,
+                                   b.next_attempt_at, b.created_at, b.updated_at)
+                 FROM batches b JOIN hooks h ON h.key = b.hook_key ORDER BY b.id"
             ),
             [
                 r#"["dl_1","hk_1",1,1,"delivered",1,null,1,5]"#,
@@ -1016,7 +1089,8 @@ mod tests {
         // Found through the new indexes: each hook's open batches in order.
         assert_eq!(
             all("SELECT id FROM batches INDEXED BY batches_open
-                 WHERE hook_id = 'hk_2' AND status IN ('pending', 'failed') ORDER BY first_seq"),
+                 WHERE hook_key = (SELECT key FROM hooks WHERE id = 'hk_2')
+                   AND status IN ('pending', 'failed') ORDER BY first_seq"),
             ["dl_2", "dl_4"]
         );
         drop(migrated);

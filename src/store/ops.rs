@@ -7,7 +7,7 @@ use std::sync::Arc;
 use rusqlite::{params, Connection, OptionalExtension, ToSql};
 use serde_json::json;
 
-use super::read::{hook_from_row, HOOK_COLUMNS};
+use super::read::{hook_from_row, hook_key, HOOK_COLUMNS};
 use super::writer::{Effects, FanoutIndex, IndexChange, WriteOp, WriteOutput};
 use super::{AttemptRecord, Context, HookPatch, NewEvent, NewHook, StoreError};
 use crate::clock::{now_ms, Millis};
@@ -93,13 +93,13 @@ pub(super) fn apply(
             hook_id,
             batch_id,
             seqs,
-        } => claim_batch(conn, hook_id, batch_id, *seqs).map(WriteOutput::Count),
+        } => claim_batch(conn, index, hook_id, batch_id, *seqs).map(WriteOutput::Count),
         WriteOp::RecordAttempt {
             record,
             disable_after,
             want_next,
         } => {
-            record_attempt(conn, secrets, record, *disable_after, fx)?;
+            record_attempt(conn, index, secrets, record, *disable_after, fx)?;
             let next = if *want_next {
                 next_due(conn, &record.hook_id)?
             } else {
@@ -199,13 +199,28 @@ fn load_hook(
     }
 }
 
-fn index_upsert(hook: &Hook) -> IndexChange {
-    IndexChange::Upsert {
+fn index_upsert(conn: &Connection, hook: &Hook) -> Result<IndexChange, StoreError> {
+    Ok(IndexChange::Upsert {
         tenant: hook.tenant.clone(),
         hook_id: hook.id.clone(),
+        key: live_key(conn, &hook.id)?,
         patterns: hook.events.clone(),
         eligible: hook.status.receives_events(),
         batch_max: hook.batch_max,
+    })
+}
+
+/// The outbox's key for a hook the caller has just loaded (or written): it exists.
+fn live_key(conn: &Connection, id: &str) -> Result<i64, StoreError> {
+    hook_key(conn, id)?.ok_or(StoreError::NotFound)
+}
+
+/// A hook's outbox key, from the fan-out index when the hook is live (the dispatchers'
+/// claims and outcomes, many a second), else from its row.
+fn key_of(conn: &Connection, index: &FanoutIndex, id: &str) -> Result<Option<i64>, StoreError> {
+    match index.slot(id) {
+        Some(slot) => Ok(Some(slot.key)),
+        None => hook_key(conn, id),
     }
 }
 
@@ -262,7 +277,7 @@ fn create_hook(
         ])
     })
     .ctx("inserting a hook")?;
-    fx.index.push(index_upsert(&hook));
+    fx.index.push(index_upsert(conn, &hook)?);
     Ok(hook)
 }
 
@@ -318,7 +333,7 @@ fn update_hook(
         ])
     })
     .ctx("updating a hook")?;
-    fx.index.push(index_upsert(&hook));
+    fx.index.push(index_upsert(conn, &hook)?);
     Ok(hook)
 }
 
@@ -330,10 +345,11 @@ fn delete_hook(
     fx: &mut Effects,
 ) -> Result<(), StoreError> {
     let hook = load_hook(conn, secrets, id, scope)?;
+    let key = live_key(conn, &hook.id)?;
     let now = now_ms();
     conn.execute(
-        "UPDATE hooks SET deleted_at = ?2, updated_at = ?2 WHERE id = ?1",
-        params![hook.id, now],
+        "UPDATE hooks SET deleted_at = ?2, updated_at = ?2 WHERE key = ?1",
+        params![key, now],
     )
     .ctx("deleting a hook")?;
     // Unsubscribed: what it has not received yet will never be sent. Its open batches
@@ -341,25 +357,25 @@ fn delete_hook(
     conn.execute(
         "UPDATE batches INDEXED BY batches_open
          SET status = 'cancelled', next_attempt_at = NULL, updated_at = ?2
-         WHERE hook_id = ?1 AND status IN ('pending', 'failed')",
-        params![hook.id, now],
+         WHERE hook_key = ?1 AND status IN ('pending', 'failed')",
+        params![key, now],
     )
     .ctx("cancelling a deleted hook's deliveries")?;
     // Found through the key's ends, not by reading the tail: a hook deleted with
     // millions of rows queued does not hold the writer (and every publish) meanwhile.
     conn.execute(
         concat!(
-            "INSERT INTO batches (hook_id, first_seq, last_seq, id, status, attempts,
+            "INSERT INTO batches (hook_key, first_seq, last_seq, id, status, attempts,
                                   next_attempt_at, created_at, updated_at)
-             SELECT ?1, d.seq, (SELECT max(seq) FROM deliveries WHERE hook_id = ?1), ?3,
+             SELECT ?1, d.seq, (SELECT max(seq) FROM deliveries WHERE hook_key = ?1), ?3,
                     'cancelled', 0, NULL, e.created_at, ?2
              FROM deliveries d CROSS JOIN events e ON e.id = d.event_id
-             WHERE d.hook_id = ?1 AND d.seq > ",
+             WHERE d.hook_key = ?1 AND d.seq > ",
             batched!("?1"),
             "
              ORDER BY d.seq LIMIT 1"
         ),
-        params![hook.id, now, new_id("dlv")],
+        params![key, now, new_id("dlv")],
     )
     .ctx("cancelling a deleted hook's unsent deliveries")?;
     fx.index.push(IndexChange::Remove {
@@ -393,12 +409,12 @@ fn activate_hook(
     // due at once anyway).
     conn.execute(
         "UPDATE batches INDEXED BY batches_open SET next_attempt_at = ?2
-         WHERE hook_id = ?1 AND status IN ('pending', 'failed')",
-        params![hook.id, now],
+         WHERE hook_key = ?1 AND status IN ('pending', 'failed')",
+        params![live_key(conn, &hook.id)?, now],
     )
     .ctx("resuming held deliveries")?;
     fx.reset.push(hook.id.clone());
-    fx.index.push(index_upsert(&hook));
+    fx.index.push(index_upsert(conn, &hook)?);
     Ok(hook)
 }
 
@@ -453,7 +469,7 @@ fn verify_hook(
         return activate_hook(conn, secrets, id, scope, fx);
     }
     let hook = load_hook(conn, secrets, id, scope)?;
-    fx.index.push(index_upsert(&hook));
+    fx.index.push(index_upsert(conn, &hook)?);
     Ok(hook)
 }
 
@@ -682,7 +698,7 @@ impl PublishRows<'_> {
 }
 
 struct DeliveryRow {
-    hook_id: Arc<str>,
+    hook_key: i64,
     seq: i64,
     /// Shared by the event's rows.
     event_id: Arc<str>,
@@ -725,7 +741,7 @@ fn fan_out<'a>(
             }
         };
         rows.deliveries.push(DeliveryRow {
-            hook_id: hook_id.clone(),
+            hook_key: slot.key,
             seq,
             event_id: shared_id.clone(),
         });
@@ -790,10 +806,10 @@ fn insert_rows(
         conn,
         "inserting deliveries",
         on_conflict,
-        "deliveries (hook_id, seq, event_id) VALUES ",
+        "deliveries (hook_key, seq, event_id) VALUES ",
         "(?, ?, ?)",
         &rows.deliveries,
-        |d, values| values.extend([&d.hook_id as &dyn ToSql, &d.seq, &d.event_id]),
+        |d, values| values.extend([&d.hook_key as &dyn ToSql, &d.seq, &d.event_id]),
     )
 }
 
@@ -831,22 +847,26 @@ fn insert_chunked<'r, T>(
 /// (the hook was deleted).
 fn claim_batch(
     conn: &Connection,
+    index: &FanoutIndex,
     hook_id: &str,
     batch_id: &str,
     (first, last): (i64, i64),
 ) -> Result<u64, StoreError> {
+    let Some(key) = key_of(conn, index, hook_id)? else {
+        return Ok(0);
+    };
     let made = conn
         .prepare_cached(concat!(
-            "INSERT INTO batches (hook_id, first_seq, last_seq, id, status, attempts,
+            "INSERT INTO batches (hook_key, first_seq, last_seq, id, status, attempts,
                                   next_attempt_at, created_at, updated_at)
              SELECT ?1, ?3, ?4, ?2, 'pending', 0, NULL, e.created_at, ?5
              FROM deliveries d CROSS JOIN events e ON e.id = d.event_id
-             WHERE d.hook_id = ?1 AND d.seq = ?3 AND ?3 > ",
+             WHERE d.hook_key = ?1 AND d.seq = ?3 AND ?3 > ",
             batched!("?1"),
             "
-               AND EXISTS (SELECT 1 FROM deliveries WHERE hook_id = ?1 AND seq = ?4)"
+               AND EXISTS (SELECT 1 FROM deliveries WHERE hook_key = ?1 AND seq = ?4)"
         ))
-        .and_then(|mut s| s.execute(params![hook_id, batch_id, first, last, now_ms()]))
+        .and_then(|mut s| s.execute(params![key, batch_id, first, last, now_ms()]))
         .ctx("claiming a batch")?;
     Ok(if made == 1 {
         (last - first + 1) as u64
@@ -857,6 +877,7 @@ fn claim_batch(
 
 fn record_attempt(
     conn: &Connection,
+    index: &FanoutIndex,
     secrets: &SecretBox,
     record: &AttemptRecord,
     disable_after: u32,
@@ -899,22 +920,26 @@ fn record_attempt(
         .and_then(|mut s| s.execute(params![record.batch_id, status, next_at, now]))
         .ctx("updating a delivery")?
     };
-    if let (0, Some(seq)) = (updated, record.single) {
+    let single = match record.single {
+        Some(seq) if updated == 0 => key_of(conn, index, &record.hook_id)?.map(|k| (k, seq)),
+        _ => None,
+    };
+    if let Some((key, seq)) = single {
         // A row sent alone is written as a batch with its first outcome, unless a batch
         // took it meanwhile (its hook was deleted: the row is cancelled).
         conn.prepare_cached(
-            "INSERT OR IGNORE INTO batches (hook_id, first_seq, last_seq, id, status, attempts,
+            "INSERT OR IGNORE INTO batches (hook_key, first_seq, last_seq, id, status, attempts,
                                             next_attempt_at, created_at, updated_at)
              SELECT ?1, ?2, ?2, ?3, ?4, 1, ?5, e.created_at, ?6
              FROM deliveries d CROSS JOIN events e ON e.id = d.event_id
-             WHERE d.hook_id = ?1 AND d.seq = ?2
+             WHERE d.hook_key = ?1 AND d.seq = ?2
                AND ?2 > coalesce((SELECT last_seq FROM batches
-                                  WHERE hook_id = ?1 AND first_seq <= ?2
+                                  WHERE hook_key = ?1 AND first_seq <= ?2
                                   ORDER BY first_seq DESC LIMIT 1), 0)",
         )
         .and_then(|mut s| {
             s.execute(params![
-                record.hook_id,
+                key,
                 seq,
                 record.batch_id,
                 status,
@@ -969,10 +994,10 @@ fn next_due(conn: &Connection, hook_id: &str) -> Result<Option<Millis>, StoreErr
     conn.prepare_cached(concat!(
         "SELECT coalesce(
                     (SELECT coalesce(b.next_attempt_at, 0) FROM batches b INDEXED BY batches_open
-                     WHERE b.hook_id = ?1 AND b.status IN ('pending', 'failed')
+                     WHERE b.hook_key = h.key AND b.status IN ('pending', 'failed')
                      ORDER BY b.first_seq LIMIT 1),
-                    (SELECT 0 FROM deliveries WHERE hook_id = ?1 AND seq > ",
-        batched!("?1"),
+                    (SELECT 0 FROM deliveries WHERE hook_key = h.key AND seq > ",
+        batched!("h.key"),
         " LIMIT 1))
          FROM hooks h WHERE h.id = ?1 AND h.status = 'active' AND h.deleted_at IS NULL"
     ))
@@ -993,7 +1018,8 @@ fn delivery_hook(
     // A batch, or an unsent row (a delivery of its own until it is sent).
     let batch: Option<(String, String)> = conn
         .query_row(
-            "SELECT hook_id, status FROM batches WHERE id = ?1",
+            "SELECT h.id, b.status FROM batches b JOIN hooks h ON h.key = b.hook_key
+             WHERE b.id = ?1",
             [id],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
@@ -1063,14 +1089,15 @@ fn replay(
     fx: &mut Effects,
 ) -> Result<u64, StoreError> {
     load_hook(conn, secrets, hook_id, scope)?;
+    let key = live_key(conn, hook_id)?;
     let now = now_ms();
     // Whole batches come back, so a retried request carries the same events as before.
     let batches = conn
         .execute(
             "UPDATE batches SET status = 'pending', attempts = 0, next_attempt_at = ?3,
                                 updated_at = ?3
-             WHERE hook_id = ?1 AND status = 'dead' AND created_at >= ?2",
-            params![hook_id, since, now],
+             WHERE hook_key = ?1 AND status = 'dead' AND created_at >= ?2",
+            params![key, since, now],
         )
         .ctx("replaying dead deliveries")?;
     if batches > 0 {
@@ -1098,15 +1125,15 @@ fn prune(conn: &Connection, cutoff: Millis, limit: u32) -> Result<u64, StoreErro
     // wait for the publishes behind it, rather than in one long one. A hook's last
     // sequence number lives in the writer's memory and is recovered at start from its
     // newest row, so before that row goes the number is kept in `hooks.last_seq`.
-    let mut newest: HashMap<String, i64> = HashMap::new();
+    let mut newest: HashMap<i64, i64> = HashMap::new();
     let mut deliveries = 0usize;
     // Read only as many batches as cover `limit` rows (one row each at batch_max 1, up
     // to 1,000 each otherwise), all before any is deleted: only the last one read can
     // hold more than what is left.
     let mut left = i64::from(limit.max(1));
-    let finished: Vec<(String, i64, i64)> = conn
+    let finished: Vec<(i64, i64, i64)> = conn
         .prepare_cached(
-            "SELECT hook_id, first_seq, last_seq FROM batches
+            "SELECT hook_key, first_seq, last_seq FROM batches
              WHERE id < ?1 AND status IN ('delivered', 'dead', 'cancelled') LIMIT ?2",
         )
         .and_then(|mut s| {
@@ -1114,7 +1141,7 @@ fn prune(conn: &Connection, cutoff: Millis, limit: u32) -> Result<u64, StoreErro
             let (mut out, mut covered) = (Vec::new(), 0i64);
             while covered < left {
                 let Some(r) = found.next()? else { break };
-                let (hook, first, last): (String, i64, i64) = (r.get(0)?, r.get(1)?, r.get(2)?);
+                let (hook, first, last): (i64, i64, i64) = (r.get(0)?, r.get(1)?, r.get(2)?);
                 covered += last - first + 1;
                 out.push((hook, first, last));
             }
@@ -1122,7 +1149,7 @@ fn prune(conn: &Connection, cutoff: Millis, limit: u32) -> Result<u64, StoreErro
         })
         .ctx("pruning deliveries")?;
     let mut rows = conn
-        .prepare_cached("DELETE FROM deliveries WHERE hook_id = ?1 AND seq BETWEEN ?2 AND ?3")
+        .prepare_cached("DELETE FROM deliveries WHERE hook_key = ?1 AND seq BETWEEN ?2 AND ?3")
         .ctx("pruning deliveries")?;
     for (hook, first, last) in finished {
         let upto = last.min(first + left - 1);
@@ -1131,11 +1158,11 @@ fn prune(conn: &Connection, cutoff: Millis, limit: u32) -> Result<u64, StoreErro
             .ctx("pruning deliveries")?;
         left -= upto - first + 1;
         if upto == last {
-            conn.prepare_cached("DELETE FROM batches WHERE hook_id = ?1 AND first_seq = ?2")
+            conn.prepare_cached("DELETE FROM batches WHERE hook_key = ?1 AND first_seq = ?2")
                 .and_then(|mut s| s.execute(params![hook, first]))
         } else {
             conn.prepare_cached(
-                "UPDATE batches SET first_seq = ?3 WHERE hook_id = ?1 AND first_seq = ?2",
+                "UPDATE batches SET first_seq = ?3 WHERE hook_key = ?1 AND first_seq = ?2",
             )
             .and_then(|mut s| s.execute(params![hook, first, upto + 1]))
         }
@@ -1144,7 +1171,7 @@ fn prune(conn: &Connection, cutoff: Millis, limit: u32) -> Result<u64, StoreErro
         *e = (*e).max(upto);
     }
     let mut floor = conn
-        .prepare_cached("UPDATE hooks SET last_seq = ?2 WHERE id = ?1 AND last_seq < ?2")
+        .prepare_cached("UPDATE hooks SET last_seq = ?2 WHERE key = ?1 AND last_seq < ?2")
         .ctx("keeping a hook's sequence")?;
     for (hook, seq) in &newest {
         floor
@@ -1218,6 +1245,7 @@ pub(super) fn newest_event(conn: &Connection) -> Result<Option<String>, StoreErr
 /// What the fan-out index keeps of a live hook.
 pub(super) struct LiveHook {
     pub id: String,
+    pub key: i64,
     pub tenant: String,
     pub patterns: Vec<String>,
     pub eligible: bool,
@@ -1227,13 +1255,14 @@ pub(super) struct LiveHook {
 }
 
 /// Every live hook, to build the fan-out index. The newest row of each hook is found
-/// through `UNIQUE (hook_id, seq)`: one index probe per hook.
+/// through the outbox's key (hook_key, seq): one index probe per hook.
 pub(super) fn live_hooks(conn: &Connection) -> Result<Vec<LiveHook>, StoreError> {
     let mut stmt = conn
         .prepare(
             "SELECT id, tenant, events, status, batch_max,
                     max(last_seq, coalesce((SELECT max(seq) FROM deliveries d
-                                            WHERE d.hook_id = hooks.id), 0))
+                                            WHERE d.hook_key = hooks.key), 0)),
+                    key
              FROM hooks WHERE deleted_at IS NULL",
         )
         .ctx("listing hooks")?;
@@ -1248,6 +1277,7 @@ pub(super) fn live_hooks(conn: &Connection) -> Result<Vec<LiveHook>, StoreError>
                 eligible: HookStatus::parse(&status).is_some_and(HookStatus::receives_events),
                 batch_max: r.get(4)?,
                 last_seq: r.get(5)?,
+                key: r.get(6)?,
             })
         })
         .ctx("listing hooks")?;

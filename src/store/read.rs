@@ -116,6 +116,15 @@ fn outbox_from_row(r: &Row) -> rusqlite::Result<OutboxRow> {
     })
 }
 
+/// The outbox's key for the hook `id` (deleted or not), if there is such a hook: the
+/// outbox and its batches name a hook by this integer, not by its 31-byte id, which
+/// kept their rows and index entries a third smaller (BENCHMARKS.md, item 45).
+pub(super) fn hook_key(conn: &Connection, id: &str) -> Result<Option<i64>, StoreError> {
+    conn.prepare_cached("SELECT key FROM hooks WHERE id = ?1")
+        .and_then(|mut s| s.query_row([id], |r| r.get(0)).optional())
+        .ctx("finding a hook's key")
+}
+
 /// The hook of the unsent row whose derived id ([`crate::ids::delivery_id`]) is `id`:
 /// among the rows of the events of the id's millisecond, each id derived again. A few
 /// rows, found through the events' key and `deliveries_by_event`.
@@ -125,10 +134,11 @@ pub(super) fn unsent_row_hook(conn: &Connection, id: &str) -> Result<Option<Stri
     };
     let mut stmt = conn
         .prepare_cached(concat!(
-            "SELECT d.hook_id, d.event_id
+            "SELECT h.id, d.event_id
              FROM events e CROSS JOIN deliveries d ON d.event_id = e.id
+             CROSS JOIN hooks h ON h.key = d.hook_key
              WHERE e.id >= ?1 AND e.id < ?2 AND d.seq > ",
-            batched!("d.hook_id")
+            batched!("d.hook_key")
         ))
         .ctx("finding a delivery")?;
     let from = crate::ids::id_at("evt", ms);
@@ -320,7 +330,7 @@ impl Reader {
     pub fn event_routed_to(&self, event_id: &str, tenant: &str) -> Result<bool, StoreError> {
         self.conn
             .prepare_cached(
-                "SELECT 1 FROM deliveries d JOIN hooks h ON h.id = d.hook_id
+                "SELECT 1 FROM deliveries d JOIN hooks h ON h.key = d.hook_key
                  WHERE d.event_id = ?1 AND h.tenant = ?2 LIMIT 1",
             )
             .and_then(|mut s| {
@@ -395,20 +405,23 @@ impl Reader {
         limit: u32,
     ) -> Result<Vec<Delivery>, StoreError> {
         let mut out = Vec::new();
+        let Some(key) = hook_key(&self.conn, hook_id)? else {
+            return Ok(out);
+        };
         if status.is_none_or(|s| s == DeliveryStatus::Pending) {
             let mut stmt = self
                 .conn
                 .prepare_cached(concat!(
                     "SELECT d.seq, e.created_at, d.event_id
                      FROM deliveries d CROSS JOIN events e ON e.id = d.event_id
-                     WHERE d.hook_id = ?1 AND d.seq > ",
+                     WHERE d.hook_key = ?1 AND d.seq > ",
                     batched!("?1"),
                     " AND (?2 = 0 OR seq < ?2)
                      ORDER BY seq DESC LIMIT ?3"
                 ))
                 .ctx("listing deliveries")?;
             let rows = stmt
-                .query_map(params![hook_id, before, limit], |r| {
+                .query_map(params![key, before, limit], |r| {
                     let event_id: String = r.get(2)?;
                     Ok(Delivery {
                         id: crate::ids::delivery_id(&event_id, hook_id),
@@ -435,13 +448,13 @@ impl Reader {
             .prepare_cached(
                 "SELECT id, first_seq, last_seq, status, next_attempt_at, created_at
                  FROM batches
-                 WHERE hook_id = ?1 AND (?2 IS NULL OR status = ?2) AND (?3 = 0 OR first_seq < ?3)
+                 WHERE hook_key = ?1 AND (?2 IS NULL OR status = ?2) AND (?3 = 0 OR first_seq < ?3)
                  ORDER BY first_seq DESC LIMIT ?4",
             )
             .ctx("listing deliveries")?;
         let batches = stmt
             .query_map(
-                params![hook_id, status.map(|s| s.as_str()), before, left],
+                params![key, status.map(|s| s.as_str()), before, left],
                 |r| {
                     let status: String = r.get(3)?;
                     Ok((
@@ -464,7 +477,7 @@ impl Reader {
             .collect::<Result<Vec<_>, _>>()
             .ctx("reading deliveries")?;
         for (mut d, last) in batches {
-            d.event_ids = self.batch_event_ids(hook_id, d.sequence, last)?;
+            d.event_ids = self.batch_event_ids(key, d.sequence, last)?;
             d.attempts = self.attempts(&d.id)?;
             out.push(d);
         }
@@ -473,19 +486,19 @@ impl Reader {
 
     fn batch_event_ids(
         &self,
-        hook_id: &str,
+        hook_key: i64,
         first: i64,
         last: i64,
     ) -> Result<Vec<String>, StoreError> {
         let mut stmt = self
             .conn
             .prepare_cached(
-                "SELECT event_id FROM deliveries WHERE hook_id = ?1 AND seq BETWEEN ?2 AND ?3
+                "SELECT event_id FROM deliveries WHERE hook_key = ?1 AND seq BETWEEN ?2 AND ?3
                  ORDER BY seq",
             )
             .ctx("listing a batch")?;
         let rows = stmt
-            .query_map(params![hook_id, first, last], |r| r.get(0))
+            .query_map(params![hook_key, first, last], |r| r.get(0))
             .ctx("listing a batch")?;
         rows.collect::<Result<_, _>>().ctx("reading a batch")
     }
@@ -532,9 +545,12 @@ impl Reader {
         // (batches, then each one's rows through the outbox key, in seq order), so
         // ordering by first_seq orders the rows without a sort (ORDER
         // BY d.seq too made SQLite build a temporary B-tree per query); INDEXED BY: the
-        // batches' own key also starts with (hook_id, first_seq), and SQLite may pick
+        // batches' own key also starts with (hook_key, first_seq), and SQLite may pick
         // it, walking the hook's whole history to find the open ones.
         let mut out = Vec::new();
+        let Some(key) = hook_key(&self.conn, hook_id)? else {
+            return Ok((out, true));
+        };
         let mut bytes = 0;
         let full = |rows: usize, bytes: usize| rows >= max || (rows >= min && bytes >= max_bytes);
         // Each row's event, from memory when the writer kept it, else by its key.
@@ -546,14 +562,14 @@ impl Reader {
                     "SELECT d.seq, d.event_id, b.id, b.attempts, b.next_attempt_at
                      FROM batches b INDEXED BY batches_open
                      CROSS JOIN deliveries d
-                         ON d.hook_id = b.hook_id AND d.seq BETWEEN b.first_seq AND b.last_seq
-                     WHERE b.hook_id = ?1 AND b.status IN ('pending', 'failed')
+                         ON d.hook_key = b.hook_key AND d.seq BETWEEN b.first_seq AND b.last_seq
+                     WHERE b.hook_key = ?1 AND b.status IN ('pending', 'failed')
                        AND b.last_seq > ?2 AND d.seq > ?2
                      ORDER BY b.first_seq",
                 )
                 .ctx("reading a hook's queue")?;
             let mut rows = stmt
-                .query(params![hook_id, after])
+                .query(params![key, after])
                 .ctx("reading a hook's queue")?;
             if take_queued(&mut rows, &mut out, &mut bytes, &full, &event)? {
                 return Ok((out, false));
@@ -564,14 +580,14 @@ impl Reader {
             .prepare_cached(concat!(
                 "SELECT d.seq, d.event_id, NULL, 0, NULL
                  FROM deliveries d
-                 WHERE d.hook_id = ?1 AND d.seq > max(?2, ",
+                 WHERE d.hook_key = ?1 AND d.seq > max(?2, ",
                 batched!("?1"),
                 ")
                  ORDER BY d.seq LIMIT ?3"
             ))
             .ctx("reading a hook's queue")?;
         let mut rows = stmt
-            .query(params![hook_id, after, (max - out.len()) as i64])
+            .query(params![key, after, (max - out.len()) as i64])
             .ctx("reading a hook's queue")?;
         let full = take_queued(&mut rows, &mut out, &mut bytes, &full, &event)?;
         Ok((out, !full))
@@ -584,7 +600,7 @@ impl Reader {
             .prepare_cached(
                 "SELECT d.seq, d.event_id, b.id, b.attempts, b.next_attempt_at
                  FROM batches b CROSS JOIN deliveries d
-                     ON d.hook_id = b.hook_id AND d.seq BETWEEN b.first_seq AND b.last_seq
+                     ON d.hook_key = b.hook_key AND d.seq BETWEEN b.first_seq AND b.last_seq
                  WHERE b.id = ?1 AND b.status IN ('pending', 'failed') ORDER BY d.seq",
             )
             .ctx("reading a batch")?;
@@ -607,8 +623,10 @@ impl Reader {
             let mut stmt = self
                 .conn
                 .prepare_cached(
-                    "SELECT id, hook_id, first_seq FROM batches WHERE (?1 IS NULL OR status = ?1)
-                     ORDER BY id DESC LIMIT ?2",
+                    "SELECT b.id, h.id, b.first_seq
+                     FROM batches b CROSS JOIN hooks h ON h.key = b.hook_key
+                     WHERE (?1 IS NULL OR b.status = ?1)
+                     ORDER BY b.id DESC LIMIT ?2",
                 )
                 .ctx("listing deliveries")?;
             let rows = stmt
@@ -619,26 +637,28 @@ impl Reader {
             rows.collect::<Result<_, _>>().ctx("reading deliveries")?
         };
         if status.is_none_or(|s| s == DeliveryStatus::Pending) {
-            let hooks: Vec<String> = {
+            let hooks: Vec<(String, i64)> = {
                 let mut stmt = self
                     .conn
-                    .prepare_cached("SELECT id FROM hooks WHERE deleted_at IS NULL")
+                    .prepare_cached("SELECT id, key FROM hooks WHERE deleted_at IS NULL")
                     .ctx("listing hooks")?;
-                let rows = stmt.query_map([], |r| r.get(0)).ctx("listing hooks")?;
+                let rows = stmt
+                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .ctx("listing hooks")?;
                 rows.collect::<Result<_, _>>().ctx("reading hooks")?
             };
             let mut stmt = self
                 .conn
                 .prepare_cached(concat!(
-                    "SELECT event_id, seq FROM deliveries WHERE hook_id = ?1 AND seq > ",
+                    "SELECT event_id, seq FROM deliveries WHERE hook_key = ?1 AND seq > ",
                     batched!("?1"),
                     "
                      ORDER BY seq DESC LIMIT ?2"
                 ))
                 .ctx("listing deliveries")?;
-            for hook in hooks {
+            for (hook, key) in hooks {
                 let rows = stmt
-                    .query_map(params![hook, limit], |r| {
+                    .query_map(params![key, limit], |r| {
                         let event: String = r.get(0)?;
                         Ok((
                             crate::ids::delivery_id(&event, &hook),
@@ -697,9 +717,9 @@ impl Reader {
                          FROM batches INDEXED BY batches_open
                          WHERE status IN ('pending', 'failed'))
                       + (SELECT coalesce(sum(max(0, coalesce((SELECT max(seq) FROM deliveries
-                                                               WHERE hook_id = h.id), 0)
+                                                               WHERE hook_key = h.key), 0)
                                                     - ",
-                batched!("h.id"),
+                batched!("h.key"),
                 ")), 0)
                          FROM hooks h WHERE h.deleted_at IS NULL)"
             ))
@@ -731,10 +751,10 @@ impl Reader {
                 "SELECT h.id, h.consecutive_failures > 0 FROM hooks h
                  WHERE h.deleted_at IS NULL AND h.status = 'active' AND (
                      EXISTS (SELECT 1 FROM batches b INDEXED BY batches_open
-                             WHERE b.hook_id = h.id AND b.status IN ('pending', 'failed'))
+                             WHERE b.hook_key = h.key AND b.status IN ('pending', 'failed'))
                      OR EXISTS (SELECT 1 FROM deliveries d
-                                WHERE d.hook_id = h.id AND d.seq > ",
-                batched!("h.id"),
+                                WHERE d.hook_key = h.key AND d.seq > ",
+                batched!("h.key"),
                 "))"
             ))
             .ctx("finding queued work")?;

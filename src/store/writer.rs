@@ -194,6 +194,8 @@ pub(super) enum IndexChange {
     Upsert {
         tenant: String,
         hook_id: String,
+        /// Its key in the outbox (`hooks.key`).
+        key: i64,
         patterns: Vec<String>,
         /// Receives events (active or inactive, not pending).
         eligible: bool,
@@ -218,6 +220,8 @@ pub(super) struct FanoutIndex {
 /// A live hook as the fan-out sees it.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Slot {
+    /// `hooks.key`: what its outbox rows and batches are keyed by.
+    pub key: i64,
     pub eligible: bool,
     pub batch_max: u32,
     /// The sequence number of its newest delivery row (committed or applied in the
@@ -232,6 +236,7 @@ impl FanoutIndex {
             index.apply(IndexChange::Upsert {
                 tenant: h.tenant,
                 hook_id: h.id.clone(),
+                key: h.key,
                 patterns: h.patterns,
                 eligible: h.eligible,
                 batch_max: h.batch_max,
@@ -246,12 +251,14 @@ impl FanoutIndex {
             IndexChange::Upsert {
                 tenant,
                 hook_id,
+                key,
                 patterns,
                 eligible,
                 batch_max,
             } => {
                 let hook_id: Arc<str> = hook_id.into();
                 let slot = self.slots.entry(hook_id.clone()).or_insert(Slot {
+                    key,
                     eligible,
                     batch_max,
                     last_seq: 0,
@@ -836,7 +843,7 @@ mod tests {
     fn hook_rows(conn: &Connection, hook: &str) -> Vec<(i64, String)> {
         conn.prepare(
             "SELECT d.seq, e.type FROM deliveries d JOIN events e ON e.id = d.event_id
-             WHERE d.hook_id = ?1 ORDER BY d.seq",
+             WHERE d.hook_key = (SELECT key FROM hooks WHERE id = ?1) ORDER BY d.seq",
         )
         .unwrap()
         .query_map([hook], |r| Ok((r.get(0)?, r.get(1)?)))
@@ -993,7 +1000,7 @@ mod tests {
         want.sort();
         assert_eq!(hooks, want, "hooks woken");
         let seqs = |hook: &str| -> Vec<i64> {
-            conn.prepare("SELECT seq FROM deliveries WHERE hook_id = ?1 ORDER BY seq")
+            conn.prepare("SELECT seq FROM deliveries WHERE hook_key = (SELECT key FROM hooks WHERE id = ?1) ORDER BY seq")
                 .unwrap()
                 .query_map([hook], |r| r.get(0))
                 .unwrap()
@@ -1146,8 +1153,8 @@ mod tests {
         conn.execute_batch(&format!(
             "INSERT INTO events (id, tenant, type, data, created_at)
                  VALUES ('evt_squat', 'default', 'a.squat', 'null', 0);
-             INSERT INTO deliveries (hook_id, seq, event_id)
-                 VALUES ('{}', 1, 'evt_squat');",
+             INSERT INTO deliveries (hook_key, seq, event_id)
+                 VALUES ((SELECT key FROM hooks WHERE id = '{}'), 1, 'evt_squat');",
             a.id
         ))
         .unwrap();
@@ -1273,7 +1280,7 @@ mod tests {
     /// A hook's batches as (first_seq, last_seq, status), in order.
     fn batches(conn: &Connection, hook: &str) -> Vec<(i64, i64, String)> {
         conn.prepare(
-            "SELECT first_seq, last_seq, status FROM batches WHERE hook_id = ?1
+            "SELECT first_seq, last_seq, status FROM batches WHERE hook_key = (SELECT key FROM hooks WHERE id = ?1)
              ORDER BY first_seq",
         )
         .unwrap()
@@ -1296,7 +1303,7 @@ mod tests {
         let row_id = |conn: &Connection, hook: &str, seq: i64| -> String {
             let event: String = scalar(
                 conn,
-                "SELECT event_id FROM deliveries WHERE hook_id = ?1 AND seq = ?2",
+                "SELECT event_id FROM deliveries WHERE hook_key = (SELECT key FROM hooks WHERE id = ?1) AND seq = ?2",
                 rusqlite::params![hook, seq],
             );
             crate::ids::delivery_id(&event, hook)
@@ -1333,7 +1340,7 @@ mod tests {
         assert_eq!(batches(&conn, &many.id), [(1, 3, "failed".into())]);
         let named: String = scalar(
             &conn,
-            "SELECT id FROM batches WHERE hook_id = ?1 AND first_seq = 2",
+            "SELECT id FROM batches WHERE hook_key = (SELECT key FROM hooks WHERE id = ?1) AND first_seq = 2",
             [&alone.id],
         );
         assert_eq!(named, a2, "a row sent alone is a batch named after it");
@@ -1483,7 +1490,7 @@ mod tests {
         assert!(results.iter().all(Result::is_ok), "{results:?}");
         let event = |seq: i64| -> String {
             conn.query_row(
-                "SELECT event_id FROM deliveries WHERE hook_id = ?1 AND seq = ?2",
+                "SELECT event_id FROM deliveries WHERE hook_key = (SELECT key FROM hooks WHERE id = ?1) AND seq = ?2",
                 rusqlite::params![hook.id, seq],
                 |r| r.get(0),
             )
