@@ -93,6 +93,10 @@ fn every_scenario_runs_at_tiny_sizes_and_loses_nothing() {
             &ceilings["http_stack_events_per_s"],
         ),
         (
+            "hookd's design doing none of its work",
+            &ceilings["bare_design_events_per_s"],
+        ),
+        (
             "durable commits of 2 rows",
             &ceilings["durable_commits_per_s"]["2"],
         ),
@@ -108,12 +112,17 @@ fn every_scenario_runs_at_tiny_sizes_and_loses_nothing() {
         );
     }
     let ingest = &report["scenarios"]["ingest"]["cases"][0];
-    assert!(
-        ingest["figures"].as_array().is_some_and(|f| f
-            .iter()
-            .any(|f| f["name"] == "any server on one SQLite file, at most")),
-        "ingest reports the durable-commit bound: {ingest:#}"
-    );
+    for bound in [
+        "any server on one SQLite file, at most",
+        "hookd's design doing none of its work",
+    ] {
+        assert!(
+            ingest["figures"]
+                .as_array()
+                .is_some_and(|f| f.iter().any(|f| f["name"] == bound)),
+            "ingest reports `{bound}`: {ingest:#}"
+        );
+    }
     // The sizes asked for are the sizes run: the backlog is not silently cut.
     let backlog = &report["scenarios"]["backlog"]["cases"][0];
     assert_eq!(

@@ -132,6 +132,18 @@ impl Http {
     /// request answered 202 with `body` as JSON. `hookd bench` measures the bound the
     /// HTTP stack alone puts on publishing with it (src/bench/bounds.rs).
     pub fn noop(listener: std::net::TcpListener, body: &'static str) -> std::io::Result<Http> {
+        Http::bare(listener, body, |_| true)
+    }
+
+    /// As [`Http::noop`], but each request's body goes to `pass` first, on the
+    /// connection's thread, and the answer waits for it (503 if it returns false):
+    /// `hookd bench` passes it to a bare writer thread that commits it (the shape of a
+    /// publish without hookd's work).
+    pub fn bare(
+        listener: std::net::TcpListener,
+        body: &'static str,
+        pass: impl Fn(Vec<u8>) -> bool + Send + Sync + 'static,
+    ) -> std::io::Result<Http> {
         let content_type = header("Content-Type", "application/json");
         Http::start(
             listener,
@@ -140,8 +152,9 @@ impl Http {
                 if request.as_reader().read_to_end(&mut sink).is_err() {
                     return;
                 }
+                let status = if pass(sink) { 202 } else { 503 };
                 let mut response = Response::new(
-                    202.into(),
+                    status.into(),
                     Vec::new(),
                     Cursor::new(body.as_bytes()),
                     Some(body.len()),

@@ -12,10 +12,17 @@
 //!   than `clients × commits/s` single publishes per second from `clients` of them.
 //! - `store::probe::outcome_cpu_us`: the CPU of the least a durable delivery log
 //!   records per attempt, for batch_max 1's budget (one delivery per attempt).
+//! - [`BareStack`]: hookd's design with none of hookd's work: the same HTTP server,
+//!   each body handed to one writer thread that commits it as a bare row with
+//!   whatever else is waiting (`store::probe::BareWriter`), answered after the commit.
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
+
+use crate::store::probe::BareWriter;
 
 /// The one result hookd answers a single publish with, at its size.
 const RESULT: &str = r#"{"id":"evt_01KBENCH0000000000000000000","deliveries":1}"#;
@@ -29,16 +36,43 @@ pub struct NoopStack {
 
 impl NoopStack {
     pub fn start() -> io::Result<NoopStack> {
-        let listener = crate::server::bind(
-            SocketAddr::from(([127, 0, 0, 1], 0)),
-            Duration::from_secs(30),
-        )
-        .map_err(|e| io::Error::other(e.to_string()))?;
-        let addr = listener.local_addr()?;
+        let (listener, addr) = listener()?;
         let server = crate::api::Http::noop(listener, RESULT)?;
         Ok(NoopStack {
             addr,
             _server: server,
         })
     }
+}
+
+/// hookd's design doing none of hookd's work: its HTTP server (`api::Http::bare`) hands
+/// each body to a [`BareWriter`] on a scratch file in a directory it is given, and
+/// answers once the writer has committed it. Dropping it stops accepting; the writer
+/// stops and its file goes when the last connection has.
+pub struct BareStack {
+    pub addr: SocketAddr,
+    _server: crate::api::Http,
+}
+
+impl BareStack {
+    pub fn start(dir: &Path) -> io::Result<BareStack> {
+        let writer = Arc::new(BareWriter::start(dir).map_err(io::Error::other)?);
+        let (listener, addr) = listener()?;
+        let server = crate::api::Http::bare(listener, RESULT, move |body| writer.write(body))?;
+        Ok(BareStack {
+            addr,
+            _server: server,
+        })
+    }
+}
+
+/// A loopback listener bound as `hookd serve` binds its own (`server::bind`).
+fn listener() -> io::Result<(TcpListener, SocketAddr)> {
+    let listener = crate::server::bind(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        Duration::from_secs(30),
+    )
+    .map_err(|e| io::Error::other(e.to_string()))?;
+    let addr = listener.local_addr()?;
+    Ok((listener, addr))
 }

@@ -292,6 +292,11 @@ pub struct Ceilings {
     /// single-event publishes per second: the bound the HTTP stack puts on ingest.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub http_stack_events_per_s: Option<f64>,
+    /// The generator against hookd's design doing none of hookd's work
+    /// (`bench::bounds::BareStack`: its HTTP server, one writer, group commit of bare
+    /// rows), single-event publishes per second.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bare_design_events_per_s: Option<f64>,
     /// Durable commits per second of one SQLite file on this disk (`bench::bounds`),
     /// keyed by publish-sized rows per commit (`store::probe::durable_commits`).
     pub durable_commits_per_s: BTreeMap<usize, f64>,

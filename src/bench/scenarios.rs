@@ -479,6 +479,32 @@ impl Bench<'_> {
         Some(rate)
     }
 
+    /// The generator against hookd's design doing none of hookd's work
+    /// (`bounds::BareStack`): single publishes/s from `clients` connections, each
+    /// committed durably by one writer thread before its answer. `None` if it could not
+    /// be started.
+    fn design_bound(&mut self, clients: usize) -> Option<f64> {
+        if let Some(v) = self.ceilings.bare_design_events_per_s {
+            return Some(v);
+        }
+        let stack = match bounds::BareStack::start(&self.dir.join("bound-design")) {
+            Ok(s) => s,
+            Err(e) => {
+                self.notes
+                    .push(format!("the bare design could not start: {e}"));
+                return None;
+            }
+        };
+        let events = vec![("bench.ingest".to_string(), 0)];
+        let body = loadgen::publish_body(stack.addr, "ceiling", &events, false);
+        self.progress(&format!(
+            "bound: generator, {clients} clients, single publishes, against hookd's design doing none of hookd's work"
+        ));
+        let rate = unchecked_rate(stack.addr, clients, &body, self.bound_length());
+        self.ceilings.bare_design_events_per_s = Some(rate);
+        Some(rate)
+    }
+
     /// How long each bound is measured: half a ceiling's time. They are steadier than
     /// the ceilings (a disk's commits, one server's answers), and the run's time goes to
     /// the outbox's fill.
@@ -629,12 +655,13 @@ impl Bench<'_> {
             ("ingest", 1)
         };
         let ceiling = self.generator_ceiling(per_request, args.clients);
-        let (stack, commits) = if batch {
-            (None, None)
+        let (stack, commits, design) = if batch {
+            (None, None, None)
         } else {
             (
                 self.http_stack_bound(args.clients),
                 self.commit_bound(args.clients),
+                self.design_bound(args.clients),
             )
         };
         self.progress(&format!(
@@ -697,6 +724,23 @@ impl Bench<'_> {
                  reaches {:.0} % of that bound",
                 args.clients,
                 args.clients,
+                100.0 * bound / ceiling,
+                100.0 * run.rate / bound
+            ));
+        }
+        if let Some(bound) = design {
+            // The design the product fixes, with hookd's own work taken out: what is
+            // left is the design's share of the bound.
+            case.figures.push(
+                Figure::new("hookd's design doing none of its work", bound, "1/s")
+                    .ceiling(Some(ceiling)),
+            );
+            case.notes.push(format!(
+                "hookd's design with none of hookd's work (its HTTP server; each publish's \
+                 body handed to one writer thread that commits it as a bare row with \
+                 whatever else waits, durably, and answers after the commit) takes \
+                 {bound:.0}/s from this generator: {:.0} % of the generator's ceiling \
+                 (target 60 %); hookd reaches {:.0} % of it",
                 100.0 * bound / ceiling,
                 100.0 * run.rate / bound
             ));

@@ -158,6 +158,13 @@ fn fill(conn: &mut Connection, hooks: &[String], rows: u64) -> Result<Vec<u64>, 
             return Err(StoreError::Rejected(format!("no live hook {id} to fill")));
         }
         // Filled rows are sent batches: after them, unsent rows would read as sent.
+        let key: i64 = conn
+            .query_row(
+                "SELECT key FROM temp.fill_hooks WHERE k = ?1",
+                [k as i64],
+                |r| r.get(0),
+            )
+            .ctx("reading a hook to fill")?;
         let unsent: bool = conn
             .query_row(
                 concat!(
@@ -165,11 +172,7 @@ fn fill(conn: &mut Connection, hooks: &[String], rows: u64) -> Result<Vec<u64>, 
                     batched!("?1"),
                     ")"
                 ),
-                [conn
-                    .query_row("SELECT key FROM temp.fill_hooks WHERE k = ?1", [k as i64], |r| {
-                        r.get::<_, i64>(0)
-                    })
-                    .ctx("reading a hook to fill")?],
+                [key],
                 |r| r.get(0),
             )
             .ctx("reading a hook to fill")?;

@@ -937,16 +937,7 @@ fn record_attempt(
                                   WHERE hook_key = ?1 AND first_seq <= ?2
                                   ORDER BY first_seq DESC LIMIT 1), 0)",
         )
-        .and_then(|mut s| {
-            s.execute(params![
-                key,
-                seq,
-                record.batch_id,
-                status,
-                next_at,
-                now
-            ])
-        })
+        .and_then(|mut s| s.execute(params![key, seq, record.batch_id, status, next_at, now]))
         .ctx("writing a delivery")?;
     }
 

@@ -8,11 +8,17 @@
 //!   per second, each of `rows` rows and nothing else (no index, no outbox).
 //! - [`outcome_cpu_us`]: the CPU of the least a durable delivery log records per
 //!   attempt.
+//! - [`BareWriter`]: hookd's writer with none of hookd's work, for the bound its design
+//!   puts on single publishes.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crossbeam_channel::Sender;
 use rusqlite::{params, Connection};
+
+use super::reply::{self, ReplySender};
 
 /// Durable commits per second of `rows` rows of `row_bytes` each, for `length`.
 pub fn durable_commits(
@@ -100,6 +106,88 @@ pub fn outcome_cpu_us(
         }
         Ok((cpu_s() - cpu_start) * 1e6 / outcomes.max(1) as f64)
     })
+}
+
+/// The part of a publish hookd's design requires, without hookd's work: one thread
+/// that takes every body waiting (up to the writer's group size), inserts each as a row
+/// of a bare table (no index, no parsing, no ids, no fan-out), commits them at once
+/// (durable), and only then answers each caller, through the writer's own one-shot
+/// replies and at its priority. Served by hookd's HTTP server (`api::Http::bare`), it
+/// is the single-publish rate this design could reach if hookd's own work cost nothing.
+pub struct BareWriter {
+    queue: Option<Sender<(Vec<u8>, ReplySender<bool>)>>,
+    thread: Option<JoinHandle<Result<(), String>>>,
+}
+
+impl BareWriter {
+    /// Starts the thread on a scratch file in `dir`, removed when it stops.
+    pub fn start(dir: &Path) -> Result<BareWriter, String> {
+        let (queue, requests) = crossbeam_channel::bounded::<(Vec<u8>, ReplySender<bool>)>(8192);
+        let dir: PathBuf = dir.to_path_buf();
+        let thread = std::thread::Builder::new()
+            .name("bare-writer".into())
+            .spawn(move || {
+                super::writer::raise_priority();
+                on_scratch(&dir, "bare-writer.db", |conn| {
+                    // As hookd's writer: no checkpoint inside a commit.
+                    conn.pragma_update(
+                        None,
+                        "wal_autocheckpoint",
+                        super::writer::CHECKPOINT_PAGES,
+                    )?;
+                    conn.execute_batch(
+                        "CREATE TABLE t (id INTEGER PRIMARY KEY, body BLOB NOT NULL)",
+                    )?;
+                    while let Ok(first) = requests.recv() {
+                        let mut group = vec![first];
+                        while group.len() < super::writer::MAX_GROUP {
+                            match requests.try_recv() {
+                                Ok(r) => group.push(r),
+                                Err(_) => break,
+                            }
+                        }
+                        let tx = conn.transaction()?;
+                        {
+                            let mut insert =
+                                tx.prepare_cached("INSERT INTO t (body) VALUES (?1)")?;
+                            for (body, _) in &group {
+                                insert.execute([body])?;
+                            }
+                        }
+                        tx.commit()?;
+                        reply::send_all(group.into_iter().map(|(_, answer)| (answer, true)));
+                    }
+                    Ok(())
+                })
+            })
+            .map_err(|e| format!("starting a bare writer: {e}"))?;
+        Ok(BareWriter {
+            queue: Some(queue),
+            thread: Some(thread),
+        })
+    }
+
+    /// Commits `body` as a row; returns once it is on disk, false if it could not be.
+    pub fn write(&self, body: Vec<u8>) -> bool {
+        let (answer, reply) = reply::oneshot();
+        match &self.queue {
+            Some(queue) if queue.send((body, answer)).is_ok() => reply.recv().unwrap_or(false),
+            _ => false,
+        }
+    }
+}
+
+impl Drop for BareWriter {
+    fn drop(&mut self) {
+        self.queue = None;
+        if let Some(thread) = self.thread.take() {
+            match thread.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => log::warn!("bare writer: {e}"),
+                Err(_) => log::warn!("bare writer: panicked"),
+            }
+        }
+    }
 }
 
 /// Runs `measure` on a new file `name` in `dir`, opened as hookd opens its own (WAL,

@@ -22,14 +22,14 @@ use crate::patterns::TenantIndex;
 use crate::secrets::SecretBox;
 
 /// Most requests folded into one transaction; bounds the time one commit holds answers.
-const MAX_GROUP: usize = 512;
+pub(super) const MAX_GROUP: usize = 512;
 /// WAL pages after which the writer checkpoints (SQLite's own default is 1,000). A
 /// checkpoint writes each page once however many commits changed it, and a commit of
 /// many hooks' rows changes the same few pages of each hook's queue again and again:
 /// 16,000 pages (64 MiB) write each of them once
 /// where 1,000 wrote them at nearly every commit (batch_max 100 to 100 hooks:
 /// 67.7–69.9k against 78.7–84.4k events/s, 3 pairs).
-const CHECKPOINT_PAGES: i32 = 16_000;
+pub(super) const CHECKPOINT_PAGES: i32 = 16_000;
 /// How long a group of delivery outcomes alone may wait for more outcomes still on the
 /// wire, and how many it waits for at most. Nobody waits on a success's commit but the
 /// scheduler (the hook goes out again after it), so a millisecond costs nothing a
@@ -450,7 +450,7 @@ fn index_types(conn: &mut Connection) -> Result<usize, StoreError> {
 }
 
 /// Gives the calling (writer) thread [`WRITER_NICE`] if the process may.
-fn raise_priority() {
+pub(super) fn raise_priority() {
     let me = rustix::thread::gettid();
     match rustix::process::setpriority_process(Some(me), WRITER_NICE) {
         Ok(()) => log::debug!("writer: running at nice {WRITER_NICE}"),
