@@ -293,7 +293,7 @@ pub struct Ceilings {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub http_stack_events_per_s: Option<f64>,
     /// The generator against hookd's design doing none of hookd's work
-    /// (`bench::bounds::BareStack`: its HTTP server, one writer, group commit of bare
+    /// (`bench::bounds::Stack::bare`: its HTTP server, one writer, group commit of bare
     /// rows), single-event publishes per second.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bare_design_events_per_s: Option<f64>,

@@ -458,51 +458,55 @@ impl Bench<'_> {
     /// The generator against hookd's HTTP server doing no work (`bounds`): single
     /// publishes/s from `clients` connections. `None` if it could not be started.
     fn http_stack_bound(&mut self, clients: usize) -> Option<f64> {
-        if let Some(v) = self.ceilings.http_stack_events_per_s {
-            return Some(v);
+        if self.ceilings.http_stack_events_per_s.is_none() {
+            self.ceilings.http_stack_events_per_s = self.publish_bound(
+                clients,
+                "hookd's HTTP server doing no work",
+                bounds::Stack::noop(),
+            );
         }
-        let stack = match bounds::NoopStack::start() {
-            Ok(s) => s,
-            Err(e) => {
-                self.notes
-                    .push(format!("the no-op HTTP server could not start: {e}"));
-                return None;
-            }
-        };
-        let events = vec![("bench.ingest".to_string(), 0)];
-        let body = loadgen::publish_body(stack.addr, "ceiling", &events, false);
-        self.progress(&format!(
-            "bound: generator, {clients} clients, single publishes, against hookd's HTTP server doing no work"
-        ));
-        let rate = unchecked_rate(stack.addr, clients, &body, self.bound_length());
-        self.ceilings.http_stack_events_per_s = Some(rate);
-        Some(rate)
+        self.ceilings.http_stack_events_per_s
     }
 
     /// The generator against hookd's design doing none of hookd's work
-    /// (`bounds::BareStack`): single publishes/s from `clients` connections, each
+    /// (`bounds::Stack::bare`): single publishes/s from `clients` connections, each
     /// committed durably by one writer thread before its answer. `None` if it could not
     /// be started.
     fn design_bound(&mut self, clients: usize) -> Option<f64> {
-        if let Some(v) = self.ceilings.bare_design_events_per_s {
-            return Some(v);
+        if self.ceilings.bare_design_events_per_s.is_none() {
+            let stack = bounds::Stack::bare(&self.dir.join("bound-design"));
+            self.ceilings.bare_design_events_per_s =
+                self.publish_bound(clients, "hookd's design doing none of hookd's work", stack);
         }
-        let stack = match bounds::BareStack::start(&self.dir.join("bound-design")) {
+        self.ceilings.bare_design_events_per_s
+    }
+
+    /// Single publishes/s of the generator from `clients` connections against `stack`,
+    /// a bound's server (`what`); `None`, with a note, if it could not be started.
+    fn publish_bound(
+        &mut self,
+        clients: usize,
+        what: &str,
+        stack: std::io::Result<bounds::Stack>,
+    ) -> Option<f64> {
+        let stack = match stack {
             Ok(s) => s,
             Err(e) => {
-                self.notes
-                    .push(format!("the bare design could not start: {e}"));
+                self.notes.push(format!("{what} could not start: {e}"));
                 return None;
             }
         };
         let events = vec![("bench.ingest".to_string(), 0)];
         let body = loadgen::publish_body(stack.addr, "ceiling", &events, false);
         self.progress(&format!(
-            "bound: generator, {clients} clients, single publishes, against hookd's design doing none of hookd's work"
+            "bound: generator, {clients} clients, single publishes, against {what}"
         ));
-        let rate = unchecked_rate(stack.addr, clients, &body, self.bound_length());
-        self.ceilings.bare_design_events_per_s = Some(rate);
-        Some(rate)
+        Some(unchecked_rate(
+            stack.addr,
+            clients,
+            &body,
+            self.bound_length(),
+        ))
     }
 
     /// How long each bound is measured: half a ceiling's time. They are steadier than
