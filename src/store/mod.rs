@@ -928,6 +928,184 @@ mod tests {
         rows.map(Result::unwrap).collect()
     }
 
+    /// `hooks` as versions 1 to 7 had it: keyed by its text id, with no integer key.
+    const HOOKS_V1: &str = "CREATE TABLE hooks (
+        id                   TEXT PRIMARY KEY,
+        tenant               TEXT NOT NULL,
+        target_url           TEXT NOT NULL,
+        events               TEXT NOT NULL,
+        payload              TEXT NOT NULL CHECK (payload IN ('skinny', 'full')),
+        batch_max            INTEGER NOT NULL CHECK (batch_max BETWEEN 1 AND 1000),
+        status               TEXT NOT NULL CHECK (status IN ('pending', 'active', 'inactive')),
+        secret               TEXT NOT NULL,
+        previous_secret      TEXT,
+        previous_until       INTEGER,
+        pending_target_url   TEXT,
+        verify_code_hash     BLOB,
+        last_seq             INTEGER NOT NULL DEFAULT 0,
+        consecutive_failures INTEGER NOT NULL DEFAULT 0,
+        created_at           INTEGER NOT NULL,
+        updated_at           INTEGER NOT NULL,
+        deleted_at           INTEGER
+    );
+    CREATE INDEX hooks_by_tenant ON hooks (tenant, id) WHERE deleted_at IS NULL;";
+
+    /// Every row a query returns, each a single text column.
+    fn texts(conn: &Connection, sql: &str) -> Vec<String> {
+        let mut stmt = conn.prepare(sql).unwrap();
+        let rows = stmt.query_map([], |r| r.get(0)).unwrap();
+        rows.map(Result::unwrap).collect()
+    }
+
+    /// Version 8 names hooks by an integer key in the outbox: a version 7 file (a
+    /// deleted hook with its cancelled tail, hooks whose rowids have a gap, open and
+    /// finished batches, an unsent tail) keeps every row with its hook, each hook's
+    /// rowid becomes its key, and the engine reads it as before.
+    #[test]
+    fn a_version_7_database_keeps_every_row_with_its_hook_under_an_integer_key() {
+        let dir = test_dir("migrate7");
+        let key = dir.join("m.key");
+        let fresh = open(&dir.join("new.db"), &key).unwrap();
+        let expected = schema_of(&fresh.writer_conn);
+        drop(fresh);
+
+        let path = dir.join("v7.db");
+        drop(open(&path, &key).unwrap());
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(&format!(
+            "DROP TABLE batches; DROP TABLE deliveries; DROP TABLE hooks; {HOOKS_V1}
+             CREATE TABLE deliveries (
+                 hook_id  TEXT NOT NULL REFERENCES hooks (id) DEFERRABLE INITIALLY DEFERRED,
+                 seq      INTEGER NOT NULL,
+                 event_id TEXT NOT NULL REFERENCES events (id) DEFERRABLE INITIALLY DEFERRED,
+                 PRIMARY KEY (hook_id, seq)
+             ) WITHOUT ROWID;
+             CREATE INDEX deliveries_by_event ON deliveries (event_id);
+             CREATE TABLE batches (
+                 hook_id TEXT NOT NULL, first_seq INTEGER NOT NULL, last_seq INTEGER NOT NULL,
+                 id TEXT NOT NULL UNIQUE,
+                 status TEXT NOT NULL
+                     CHECK (status IN ('pending', 'failed', 'delivered', 'dead', 'cancelled')),
+                 attempts INTEGER NOT NULL DEFAULT 0, next_attempt_at INTEGER,
+                 created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL,
+                 PRIMARY KEY (hook_id, first_seq)
+             ) WITHOUT ROWID;
+             CREATE INDEX batches_open ON batches (hook_id, first_seq)
+                 WHERE status IN ('pending', 'failed');
+             CREATE INDEX batches_dead ON batches (updated_at) WHERE status = 'dead';"
+        ))
+        .unwrap();
+        conn.execute_batch(
+            r#"INSERT INTO hooks (rowid, id, tenant, target_url, events, payload, batch_max,
+                                  status, secret, last_seq, created_at, updated_at, deleted_at)
+               VALUES (1, 'hk_a', 'default', 'http://127.0.0.1:9/', '["a"]', 'full', 10,
+                       'active', 'x', 0, 1, 1, NULL),
+                      (2, 'hk_gone', 'default', 'http://127.0.0.1:9/', '["a"]', 'full', 1,
+                       'active', 'x', 0, 1, 2, 2),
+                      (5, 'hk_b', 'other', 'http://127.0.0.1:9/', '["b"]', 'full', 1,
+                       'active', 'x', 6, 1, 1, NULL);
+               INSERT INTO events (id, tenant, type, data, created_at)
+               VALUES ('ev_1', 'default', 'a', '{}', 1), ('ev_2', 'default', 'a', '{}', 2),
+                      ('ev_3', 'default', 'a', '{"n":3}', 3), ('ev_4', 'other', 'b', '{}', 4);
+               INSERT INTO deliveries (hook_id, seq, event_id)
+               VALUES ('hk_a', 1, 'ev_1'), ('hk_a', 2, 'ev_2'), ('hk_a', 3, 'ev_3'),
+                      ('hk_gone', 1, 'ev_1'), ('hk_gone', 2, 'ev_2'), ('hk_b', 7, 'ev_4');
+               INSERT INTO batches (hook_id, first_seq, last_seq, id, status, attempts,
+                                    next_attempt_at, created_at, updated_at)
+               VALUES ('hk_a', 1, 1, 'dl_1', 'delivered', 1, NULL, 1, 5),
+                      ('hk_a', 2, 2, 'dl_2', 'failed', 2, 99, 2, 6),
+                      ('hk_gone', 1, 2, 'dl_3', 'cancelled', 0, NULL, 1, 2),
+                      ('hk_b', 7, 7, 'dl_4', 'delivered', 1, NULL, 4, 4);
+               PRAGMA user_version = 7;"#,
+        )
+        .unwrap();
+        let deliveries = "SELECT json_array(hook_id, seq, event_id) FROM deliveries
+                          ORDER BY hook_id, seq";
+        let batches = "SELECT json_array(hook_id, first_seq, last_seq, id, status, attempts,
+                                         next_attempt_at, created_at, updated_at)
+                       FROM batches ORDER BY id";
+        let (deliveries_before, batches_before) = (texts(&conn, deliveries), texts(&conn, batches));
+        assert_eq!((deliveries_before.len(), batches_before.len()), (6, 4));
+        drop(conn);
+
+        let migrated = open(&path, &key).unwrap();
+        let conn = &migrated.writer_conn;
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        assert_eq!(schema_of(conn), expected);
+        assert_eq!(
+            texts(conn, "SELECT json_array(id, key) FROM hooks ORDER BY key"),
+            [r#"["hk_a",1]"#, r#"["hk_gone",2]"#, r#"["hk_b",5]"#],
+            "each hook's rowid is its key"
+        );
+        // The same rows, each with the same hook (named through its key).
+        assert_eq!(
+            texts(
+                conn,
+                "SELECT json_array(h.id, d.seq, d.event_id)
+                 FROM deliveries d JOIN hooks h ON h.key = d.hook_key ORDER BY h.id, d.seq"
+            ),
+            deliveries_before
+        );
+        assert_eq!(
+            texts(
+                conn,
+                "SELECT json_array(h.id, b.first_seq, b.last_seq, b.id, b.status, b.attempts,
+                                   b.next_attempt_at, b.created_at, b.updated_at)
+                 FROM batches b JOIN hooks h ON h.key = b.hook_key ORDER BY b.id"
+            ),
+            batches_before
+        );
+        let check: String = conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(check, "ok");
+        let broken: i64 = conn
+            .query_row("SELECT count(*) FROM pragma_foreign_key_check", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(broken, 0);
+
+        // What the engine reads of it: the live hooks' keys and numbering (hk_b's from
+        // its newest row, above its `last_seq`), a hook's log and its queue.
+        let index = writer::FanoutIndex::load(conn).unwrap();
+        let slot = |id: &str| index.slot(id).map(|s| (s.key, s.last_seq));
+        assert_eq!(
+            (slot("hk_a"), slot("hk_b"), slot("hk_gone")),
+            (Some((1, 3)), Some((5, 7)), None)
+        );
+        let reader = open_reader(&migrated.path, migrated.secrets.clone()).unwrap();
+        let log = reader
+            .snapshot(|r| r.deliveries("hk_a", None, 0, 10))
+            .unwrap();
+        let log: Vec<(i64, &str, Vec<String>)> = log
+            .iter()
+            .map(|d| (d.sequence, d.status.as_str(), d.event_ids.clone()))
+            .collect();
+        assert_eq!(
+            log,
+            [
+                (3, "pending", vec!["ev_3".to_string()]),
+                (2, "failed", vec!["ev_2".to_string()]),
+                (1, "delivered", vec!["ev_1".to_string()]),
+            ]
+        );
+        let (queue, complete) = reader
+            .snapshot(|r| r.queued("hk_a", 0, 1, 10, 1 << 20))
+            .unwrap();
+        let queue: Vec<(i64, String)> = queue
+            .iter()
+            .map(|q| (q.row.seq, q.event.id.clone()))
+            .collect();
+        assert_eq!(queue, [(2, "ev_2".to_string()), (3, "ev_3".to_string())]);
+        assert!(complete);
+        drop(reader);
+        drop(migrated);
+    }
+
     #[test]
     fn a_first_version_database_is_migrated_to_the_schema_of_a_new_one() {
         let dir = test_dir("migrate");
@@ -942,10 +1120,12 @@ mod tests {
         let old_path = dir.join("old.db");
         drop(open(&old_path, &key).unwrap());
         let conn = Connection::open(&old_path).unwrap();
+        conn.execute_batch(&format!(
+            "DROP TABLE batches; DROP TABLE deliveries; DROP TABLE hooks; {HOOKS_V1}"
+        ))
+        .unwrap();
         conn.execute_batch(
-            "DROP TABLE batches;
-             DROP TABLE deliveries;
-             DROP TABLE event_types;
+            "DROP TABLE event_types;
              DELETE FROM meta WHERE key = 'types_through';
              DROP TABLE events;
              CREATE TABLE events (
