@@ -6,8 +6,8 @@
 //! of the delivery client measured on the same machine in the same run.
 //!
 //! Layout: [`http`] (the tiny client and message parsing), [`receiver`], [`loadgen`],
-//! [`child`] (the server under test and `/proc` figures), [`bounds`] (what a
-//! publish meets before hookd's own work: its HTTP server idle, the disk's commits), [`scenarios`] (what is run and
+//! [`child`] (the server under test and `/proc` figures), [`bounds`] (what publishing
+//! and delivering meet before hookd's own work), [`scenarios`] (what is run and
 //! measured), [`report`] (results, the table, the JSON).
 //!
 //! It only talks to hookd over HTTP, as any client would: it must not reach into the

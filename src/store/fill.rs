@@ -22,7 +22,7 @@ use std::fs::File;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use rusqlite::{params, Connection};
+use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{take_lock, Context, StoreError, SCHEMA_VERSION};
 use crate::clock::now_ms;
@@ -139,8 +139,8 @@ fn fill(conn: &mut Connection, hooks: &[String], rows: u64) -> Result<Vec<u64>, 
     // A hook's last sequence number is the larger of `last_seq` and its newest row's:
     // whichever of the two the engine keeps up to date, the fill continues after it.
     for (k, id) in hooks.iter().enumerate() {
-        let found = conn
-            .execute(
+        let key: Option<i64> = conn
+            .query_row(
                 "INSERT INTO temp.fill_hooks (k, id, key, tenant, type, seq0)
                  SELECT ?1, id, key, tenant,
                         CASE WHEN p = '*' THEN 'outbox.fill'
@@ -150,21 +150,17 @@ fn fill(conn: &mut Connection, hooks: &[String], rows: u64) -> Result<Vec<u64>, 
                                                 WHERE d.hook_key = key), 0))
                  FROM (SELECT id, key, tenant,
                               coalesce(json_extract(events, '$[0]'), '*') AS p, last_seq
-                       FROM hooks WHERE id = ?2 AND deleted_at IS NULL)",
+                       FROM hooks WHERE id = ?2 AND deleted_at IS NULL)
+                 RETURNING key",
                 params![k as i64, id],
-            )
-            .ctx("reading a hook to fill")?;
-        if found == 0 {
-            return Err(StoreError::Rejected(format!("no live hook {id} to fill")));
-        }
-        // Filled rows are sent batches: after them, unsent rows would read as sent.
-        let key: i64 = conn
-            .query_row(
-                "SELECT key FROM temp.fill_hooks WHERE k = ?1",
-                [k as i64],
                 |r| r.get(0),
             )
+            .optional()
             .ctx("reading a hook to fill")?;
+        let Some(key) = key else {
+            return Err(StoreError::Rejected(format!("no live hook {id} to fill")));
+        };
+        // Filled rows are sent batches: after them, unsent rows would read as sent.
         let unsent: bool = conn
             .query_row(
                 concat!(

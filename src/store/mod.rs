@@ -957,6 +957,29 @@ mod tests {
         rows.map(Result::unwrap).collect()
     }
 
+    /// Every outbox row of an upgraded file, with its hook's id (through its key).
+    const ROWS_BY_HOOK_ID: &str = "SELECT json_array(h.id, d.seq, d.event_id)
+        FROM deliveries d JOIN hooks h ON h.key = d.hook_key ORDER BY h.id, d.seq";
+    /// Every batch of an upgraded file, with its hook's id (through its key).
+    const BATCHES_BY_HOOK_ID: &str =
+        "SELECT json_array(b.id, h.id, b.first_seq, b.last_seq, b.status, b.attempts,
+                           b.next_attempt_at, b.created_at, b.updated_at)
+         FROM batches b JOIN hooks h ON h.key = b.hook_key ORDER BY b.id";
+
+    /// The file is sound: SQLite's integrity check, and no broken foreign key.
+    fn assert_sound(conn: &Connection) {
+        let check: String = conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(check, "ok");
+        let broken: i64 = conn
+            .query_row("SELECT count(*) FROM pragma_foreign_key_check", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(broken, 0);
+    }
+
     /// Version 8 names hooks by an integer key in the outbox: a version 7 file (a
     /// deleted hook with its cancelled tail, hooks whose rowids have a gap, open and
     /// finished batches, an unsent tail) keeps every row with its hook, each hook's
@@ -1021,7 +1044,7 @@ mod tests {
         .unwrap();
         let deliveries = "SELECT json_array(hook_id, seq, event_id) FROM deliveries
                           ORDER BY hook_id, seq";
-        let batches = "SELECT json_array(hook_id, first_seq, last_seq, id, status, attempts,
+        let batches = "SELECT json_array(id, hook_id, first_seq, last_seq, status, attempts,
                                          next_attempt_at, created_at, updated_at)
                        FROM batches ORDER BY id";
         let (deliveries_before, batches_before) = (texts(&conn, deliveries), texts(&conn, batches));
@@ -1041,33 +1064,9 @@ mod tests {
             "each hook's rowid is its key"
         );
         // The same rows, each with the same hook (named through its key).
-        assert_eq!(
-            texts(
-                conn,
-                "SELECT json_array(h.id, d.seq, d.event_id)
-                 FROM deliveries d JOIN hooks h ON h.key = d.hook_key ORDER BY h.id, d.seq"
-            ),
-            deliveries_before
-        );
-        assert_eq!(
-            texts(
-                conn,
-                "SELECT json_array(h.id, b.first_seq, b.last_seq, b.id, b.status, b.attempts,
-                                   b.next_attempt_at, b.created_at, b.updated_at)
-                 FROM batches b JOIN hooks h ON h.key = b.hook_key ORDER BY b.id"
-            ),
-            batches_before
-        );
-        let check: String = conn
-            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(check, "ok");
-        let broken: i64 = conn
-            .query_row("SELECT count(*) FROM pragma_foreign_key_check", [], |r| {
-                r.get(0)
-            })
-            .unwrap();
-        assert_eq!(broken, 0);
+        assert_eq!(texts(conn, ROWS_BY_HOOK_ID), deliveries_before);
+        assert_eq!(texts(conn, BATCHES_BY_HOOK_ID), batches_before);
+        assert_sound(conn);
 
         // What the engine reads of it: the live hooks' keys and numbering (hk_b's from
         // its newest row, above its `last_seq`), a hook's log and its queue.
@@ -1178,14 +1177,8 @@ mod tests {
              PRAGMA user_version = 1;",
         )
         .unwrap();
-        let events = |conn: &Connection| -> Vec<String> {
-            let mut stmt = conn
-                .prepare("SELECT json_array(*) FROM (SELECT * FROM events ORDER BY id)")
-                .unwrap();
-            let rows = stmt.query_map([], |r| r.get(0)).unwrap();
-            rows.map(Result::unwrap).collect()
-        };
-        let events_before = events(&conn);
+        let events = "SELECT json_array(*) FROM (SELECT * FROM events ORDER BY id)";
+        let events_before = texts(&conn, events);
         assert_eq!(events_before.len(), 3);
         drop(conn);
 
@@ -1196,17 +1189,17 @@ mod tests {
             .unwrap();
         assert_eq!(version, SCHEMA_VERSION);
         assert_eq!(schema_of(conn), expected);
-        assert_eq!(events(conn), events_before, "every event kept as it was");
-        // Every event in the type index, which goes on after the newest.
-        let indexed: Vec<String> = conn
-            .prepare("SELECT json_array(tenant, type, event_id) FROM event_types")
-            .unwrap()
-            .query_map([], |r| r.get(0))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect();
         assert_eq!(
-            indexed,
+            texts(conn, events),
+            events_before,
+            "every event kept as it was"
+        );
+        // Every event in the type index, which goes on after the newest.
+        assert_eq!(
+            texts(
+                conn,
+                "SELECT json_array(tenant, type, event_id) FROM event_types"
+            ),
             [
                 r#"["default","a","ev_1"]"#,
                 r#"["default","a","ev_2"]"#,
@@ -1221,14 +1214,8 @@ mod tests {
             )
             .unwrap();
         assert_eq!(through, "ev_3");
-        let all = |sql: &str| -> Vec<String> {
-            let mut stmt = conn.prepare(sql).unwrap();
-            let rows = stmt.query_map([], |r| r.get(0)).unwrap();
-            rows.map(Result::unwrap).collect()
-        };
         assert_eq!(
-            all("SELECT json_array(h.id, d.seq, d.event_id)
-                 FROM deliveries d JOIN hooks h ON h.key = d.hook_key ORDER BY h.id, d.seq"),
+            texts(conn, ROWS_BY_HOOK_ID),
             [
                 r#"["hk_1",1,"ev_1"]"#,
                 r#"["hk_1",2,"ev_2"]"#,
@@ -1243,11 +1230,7 @@ mod tests {
         // Each formed batch, with its rows' state; dl_4, never sent but before a batch
         // of its hook, a batch of its own; dl_7, the unsent tail, none.
         assert_eq!(
-            all(
-                "SELECT json_array(b.id, h.id, b.first_seq, b.last_seq, b.status, b.attempts,
-                                   b.next_attempt_at, b.created_at, b.updated_at)
-                 FROM batches b JOIN hooks h ON h.key = b.hook_key ORDER BY b.id"
-            ),
+            texts(conn, BATCHES_BY_HOOK_ID),
             [
                 r#"["dl_1","hk_1",1,1,"delivered",1,null,1,5]"#,
                 r#"["dl_2","hk_2",1,1,"failed",3,99,1,6]"#,
@@ -1256,21 +1239,15 @@ mod tests {
                 r#"["dl_5","hk_2",3,4,"dead",5,null,3,7]"#,
             ]
         );
-        let check: String = conn
-            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(check, "ok");
-        let broken: i64 = conn
-            .query_row("SELECT count(*) FROM pragma_foreign_key_check", [], |r| {
-                r.get(0)
-            })
-            .unwrap();
-        assert_eq!(broken, 0);
+        assert_sound(conn);
         // Found through the new indexes: each hook's open batches in order.
         assert_eq!(
-            all("SELECT id FROM batches INDEXED BY batches_open
+            texts(
+                conn,
+                "SELECT id FROM batches INDEXED BY batches_open
                  WHERE hook_key = (SELECT key FROM hooks WHERE id = 'hk_2')
-                   AND status IN ('pending', 'failed') ORDER BY first_seq"),
+                   AND status IN ('pending', 'failed') ORDER BY first_seq"
+            ),
             ["dl_2", "dl_4"]
         );
         drop(migrated);

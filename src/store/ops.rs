@@ -181,38 +181,37 @@ fn revoke_key(conn: &Connection, id: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// A live hook of `scope` (any tenant's when `None`), with its outbox key (`hooks.key`).
 fn load_hook(
     conn: &Connection,
     secrets: &SecretBox,
     id: &str,
     scope: Option<&str>,
-) -> Result<Hook, StoreError> {
-    let sql = format!("SELECT {HOOK_COLUMNS} FROM hooks WHERE id = ?1 AND deleted_at IS NULL");
-    let hook = conn
+) -> Result<(i64, Hook), StoreError> {
+    let sql = format!("SELECT {HOOK_COLUMNS}, key FROM hooks WHERE id = ?1 AND deleted_at IS NULL");
+    let (key, hook) = conn
         .prepare_cached(&sql)
-        .and_then(|mut s| s.query_row([id], |r| hook_from_row(r, secrets)).optional())
+        .and_then(|mut s| {
+            s.query_row([id], |r| Ok((r.get("key")?, hook_from_row(r, secrets)?)))
+                .optional()
+        })
         .ctx("loading a hook")?
         .ok_or(StoreError::NotFound)?;
     match scope {
         Some(t) if t != hook.tenant => Err(StoreError::NotFound),
-        _ => Ok(hook),
+        _ => Ok((key, hook)),
     }
 }
 
-fn index_upsert(conn: &Connection, hook: &Hook) -> Result<IndexChange, StoreError> {
-    Ok(IndexChange::Upsert {
+fn index_upsert(key: i64, hook: &Hook) -> IndexChange {
+    IndexChange::Upsert {
         tenant: hook.tenant.clone(),
         hook_id: hook.id.clone(),
-        key: live_key(conn, &hook.id)?,
+        key,
         patterns: hook.events.clone(),
         eligible: hook.status.receives_events(),
         batch_max: hook.batch_max,
-    })
-}
-
-/// The outbox's key for a hook the caller has just loaded (or written): it exists.
-fn live_key(conn: &Connection, id: &str) -> Result<i64, StoreError> {
-    hook_key(conn, id)?.ok_or(StoreError::NotFound)
+    }
 }
 
 /// A hook's outbox key, from the fan-out index when the hook is live (the dispatchers'
@@ -277,7 +276,8 @@ fn create_hook(
         ])
     })
     .ctx("inserting a hook")?;
-    fx.index.push(index_upsert(conn, &hook)?);
+    // `key` is the rowid, which the INSERT just gave it.
+    fx.index.push(index_upsert(conn.last_insert_rowid(), &hook));
     Ok(hook)
 }
 
@@ -289,7 +289,7 @@ fn update_hook(
     patch: HookPatch,
     fx: &mut Effects,
 ) -> Result<Hook, StoreError> {
-    let mut hook = load_hook(conn, secrets, id, scope)?;
+    let (key, mut hook) = load_hook(conn, secrets, id, scope)?;
     if let Some(u) = patch.target_url {
         // Verified (or trusted): it takes effect now, and any older pending change goes.
         // A hook still waiting for its first verification is verified by this one.
@@ -333,7 +333,7 @@ fn update_hook(
         ])
     })
     .ctx("updating a hook")?;
-    fx.index.push(index_upsert(conn, &hook)?);
+    fx.index.push(index_upsert(key, &hook));
     Ok(hook)
 }
 
@@ -344,8 +344,7 @@ fn delete_hook(
     scope: Option<&str>,
     fx: &mut Effects,
 ) -> Result<(), StoreError> {
-    let hook = load_hook(conn, secrets, id, scope)?;
-    let key = live_key(conn, &hook.id)?;
+    let (key, hook) = load_hook(conn, secrets, id, scope)?;
     let now = now_ms();
     conn.execute(
         "UPDATE hooks SET deleted_at = ?2, updated_at = ?2 WHERE key = ?1",
@@ -392,7 +391,7 @@ fn activate_hook(
     scope: Option<&str>,
     fx: &mut Effects,
 ) -> Result<Hook, StoreError> {
-    let mut hook = load_hook(conn, secrets, id, scope)?;
+    let (key, mut hook) = load_hook(conn, secrets, id, scope)?;
     let now = now_ms();
     hook.status = HookStatus::Active;
     hook.consecutive_failures = 0;
@@ -410,11 +409,11 @@ fn activate_hook(
     conn.execute(
         "UPDATE batches INDEXED BY batches_open SET next_attempt_at = ?2
          WHERE hook_key = ?1 AND status IN ('pending', 'failed')",
-        params![live_key(conn, &hook.id)?, now],
+        params![key, now],
     )
     .ctx("resuming held deliveries")?;
     fx.reset.push(hook.id.clone());
-    fx.index.push(index_upsert(conn, &hook)?);
+    fx.index.push(index_upsert(key, &hook));
     Ok(hook)
 }
 
@@ -436,7 +435,7 @@ fn verify_hook(
     code_hash: &[u8],
     fx: &mut Effects,
 ) -> Result<Hook, StoreError> {
-    let hook = load_hook(conn, secrets, id, scope)?;
+    let (_, hook) = load_hook(conn, secrets, id, scope)?;
     let stored: Option<Vec<u8>> = conn
         .query_row(
             "SELECT verify_code_hash FROM hooks WHERE id = ?1",
@@ -468,8 +467,8 @@ fn verify_hook(
         // The handshake of an `activate` finished late: the activation goes ahead.
         return activate_hook(conn, secrets, id, scope, fx);
     }
-    let hook = load_hook(conn, secrets, id, scope)?;
-    fx.index.push(index_upsert(conn, &hook)?);
+    let (key, hook) = load_hook(conn, secrets, id, scope)?;
+    fx.index.push(index_upsert(key, &hook));
     Ok(hook)
 }
 
@@ -480,7 +479,7 @@ fn rotate_secret(
     id: &str,
     scope: Option<&str>,
 ) -> Result<Hook, StoreError> {
-    let mut hook = load_hook(conn, secrets, id, scope)?;
+    let (_, mut hook) = load_hook(conn, secrets, id, scope)?;
     let now = now_ms();
     let until = now + ROTATION_OVERLAP_MS;
     let old = std::mem::replace(&mut hook.secret, crate::sign::new_secret());
@@ -1079,8 +1078,7 @@ fn replay(
     since: Millis,
     fx: &mut Effects,
 ) -> Result<u64, StoreError> {
-    load_hook(conn, secrets, hook_id, scope)?;
-    let key = live_key(conn, hook_id)?;
+    let (key, _) = load_hook(conn, secrets, hook_id, scope)?;
     let now = now_ms();
     // Whole batches come back, so a retried request carries the same events as before.
     let batches = conn

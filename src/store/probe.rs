@@ -140,12 +140,7 @@ impl BareWriter {
                     )?;
                     while let Ok(first) = requests.recv() {
                         let mut group = vec![first];
-                        while group.len() < super::writer::MAX_GROUP {
-                            match requests.try_recv() {
-                                Ok(r) => group.push(r),
-                                Err(_) => break,
-                            }
-                        }
+                        super::writer::take_waiting(&requests, &mut group);
                         let tx = conn.transaction()?;
                         {
                             let mut insert =

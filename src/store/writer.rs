@@ -22,7 +22,7 @@ use crate::patterns::TenantIndex;
 use crate::secrets::SecretBox;
 
 /// Most requests folded into one transaction; bounds the time one commit holds answers.
-pub(super) const MAX_GROUP: usize = 512;
+const MAX_GROUP: usize = 512;
 /// WAL pages after which the writer checkpoints (SQLite's own default is 1,000). A
 /// checkpoint writes each page once however many commits changed it, and a commit of
 /// many hooks' rows changes the same few pages of each hook's queue again and again:
@@ -371,12 +371,7 @@ pub fn run(
             },
         };
         group.push(first);
-        while group.len() < MAX_GROUP {
-            match requests.try_recv() {
-                Ok(r) => group.push(r),
-                Err(_) => break,
-            }
-        }
+        take_waiting(&requests, &mut group);
         linger(&requests, &mut group, &outcomes_coming);
         let checkpoint = group.iter().any(|r| matches!(r.op, WriteOp::Checkpoint));
         let published = group
@@ -428,6 +423,17 @@ pub fn run(
         let _ = index_types(&mut conn);
     }
     log::debug!("writer: queue closed, stopping");
+}
+
+/// Adds what is waiting in `requests` to `group`, up to [`MAX_GROUP`]: a group is
+/// whatever queued while the last one was committed.
+pub(super) fn take_waiting<T>(requests: &Receiver<T>, group: &mut Vec<T>) {
+    while group.len() < MAX_GROUP {
+        match requests.try_recv() {
+            Ok(r) => group.push(r),
+            Err(_) => break,
+        }
+    }
 }
 
 /// Enters the events committed since the last time into the type index, in a
@@ -839,14 +845,30 @@ mod tests {
             .collect()
     }
 
+    /// The outbox's key for the hook `hook`; `None` (NULL, which no row matches) when
+    /// its row is gone.
+    fn key(conn: &Connection, hook: &str) -> Option<i64> {
+        super::super::read::hook_key(conn, hook).unwrap()
+    }
+
+    /// The event of the hook's row `seq`.
+    fn row_event(conn: &Connection, hook: &str, seq: i64) -> String {
+        conn.query_row(
+            "SELECT event_id FROM deliveries WHERE hook_key = ?1 AND seq = ?2",
+            rusqlite::params![key(conn, hook), seq],
+            |r| r.get(0),
+        )
+        .unwrap()
+    }
+
     /// A hook's rows as (sequence, event type), in sequence order.
     fn hook_rows(conn: &Connection, hook: &str) -> Vec<(i64, String)> {
         conn.prepare(
             "SELECT d.seq, e.type FROM deliveries d JOIN events e ON e.id = d.event_id
-             WHERE d.hook_key = (SELECT key FROM hooks WHERE id = ?1) ORDER BY d.seq",
+             WHERE d.hook_key = ?1 ORDER BY d.seq",
         )
         .unwrap()
-        .query_map([hook], |r| Ok((r.get(0)?, r.get(1)?)))
+        .query_map([key(conn, hook)], |r| Ok((r.get(0)?, r.get(1)?)))
         .unwrap()
         .collect::<Result<_, _>>()
         .unwrap()
@@ -1000,9 +1022,9 @@ mod tests {
         want.sort();
         assert_eq!(hooks, want, "hooks woken");
         let seqs = |hook: &str| -> Vec<i64> {
-            conn.prepare("SELECT seq FROM deliveries WHERE hook_key = (SELECT key FROM hooks WHERE id = ?1) ORDER BY seq")
+            conn.prepare("SELECT seq FROM deliveries WHERE hook_key = ?1 ORDER BY seq")
                 .unwrap()
-                .query_map([hook], |r| r.get(0))
+                .query_map([key(&conn, hook)], |r| r.get(0))
                 .unwrap()
                 .collect::<Result<_, _>>()
                 .unwrap()
@@ -1154,8 +1176,8 @@ mod tests {
             "INSERT INTO events (id, tenant, type, data, created_at)
                  VALUES ('evt_squat', 'default', 'a.squat', 'null', 0);
              INSERT INTO deliveries (hook_key, seq, event_id)
-                 VALUES ((SELECT key FROM hooks WHERE id = '{}'), 1, 'evt_squat');",
-            a.id
+                 VALUES ({}, 1, 'evt_squat');",
+            key(&conn, &a.id).expect("hook a")
         ))
         .unwrap();
         assert_eq!(state.index.slot(&a.id).unwrap().last_seq, 0);
@@ -1280,11 +1302,11 @@ mod tests {
     /// A hook's batches as (first_seq, last_seq, status), in order.
     fn batches(conn: &Connection, hook: &str) -> Vec<(i64, i64, String)> {
         conn.prepare(
-            "SELECT first_seq, last_seq, status FROM batches WHERE hook_key = (SELECT key FROM hooks WHERE id = ?1)
+            "SELECT first_seq, last_seq, status FROM batches WHERE hook_key = ?1
              ORDER BY first_seq",
         )
         .unwrap()
-        .query_map([hook], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .query_map([key(conn, hook)], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
         .unwrap()
         .collect::<Result<_, _>>()
         .unwrap()
@@ -1301,12 +1323,7 @@ mod tests {
         let alone = create_hook(&mut conn, &mut state, &secrets, "a.*");
         let many = create_hook_batching(&mut conn, &mut state, &secrets, "m.*", 10);
         let row_id = |conn: &Connection, hook: &str, seq: i64| -> String {
-            let event: String = scalar(
-                conn,
-                "SELECT event_id FROM deliveries WHERE hook_key = (SELECT key FROM hooks WHERE id = ?1) AND seq = ?2",
-                rusqlite::params![hook, seq],
-            );
-            crate::ids::delivery_id(&event, hook)
+            crate::ids::delivery_id(&row_event(conn, hook, seq), hook)
         };
         let mut ops = publishes(&["a.1", "a.2", "a.3", "m.1", "m.2", "m.3", "m.4"]);
         ops.push(WriteOp::ClaimBatch {
@@ -1340,8 +1357,8 @@ mod tests {
         assert_eq!(batches(&conn, &many.id), [(1, 3, "failed".into())]);
         let named: String = scalar(
             &conn,
-            "SELECT id FROM batches WHERE hook_key = (SELECT key FROM hooks WHERE id = ?1) AND first_seq = 2",
-            [&alone.id],
+            "SELECT id FROM batches WHERE hook_key = ?1 AND first_seq = 2",
+            [key(&conn, &alone.id)],
         );
         assert_eq!(named, a2, "a row sent alone is a batch named after it");
 
@@ -1488,14 +1505,7 @@ mod tests {
         let hook = create_hook(&mut conn, &mut state, &secrets, "r.*");
         let results = group(&mut conn, &mut state, &secrets, publishes(&["r.1", "r.2"]));
         assert!(results.iter().all(Result::is_ok), "{results:?}");
-        let event = |seq: i64| -> String {
-            conn.query_row(
-                "SELECT event_id FROM deliveries WHERE hook_key = (SELECT key FROM hooks WHERE id = ?1) AND seq = ?2",
-                rusqlite::params![hook.id, seq],
-                |r| r.get(0),
-            )
-            .unwrap()
-        };
+        let event = |seq: i64| row_event(&conn, &hook.id, seq);
         let (first, second) = (event(1), event(2));
         let sent = crate::ids::delivery_id(&first, &hook.id);
         let unsent = crate::ids::delivery_id(&second, &hook.id);
